@@ -1,0 +1,566 @@
+"""The desk's regulation: registration, numbering, transitions, priorities, assignment.
+
+Every public operation takes the caller's session and does its work inside the caller's
+transaction, so that a ticket, its journal entries and its outbox rows commit together or
+not at all (ARCHITECTURE.md, reliability rule 3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    Channel,
+    CloseReason,
+    Contact,
+    Counter,
+    Customer,
+    Direction,
+    JournalEntry,
+    Kind,
+    Message,
+    OutboxItem,
+    Priority,
+    Staff,
+    StaffQueue,
+    Status,
+    Ticket,
+    utcnow,
+)
+
+SYSTEM_ACTOR = "system"
+
+
+class DeskError(Exception):
+    """A request the desk's rules refuse; the message is meant for the person who asked."""
+
+
+class NotFoundError(DeskError):
+    pass
+
+
+class IllegalTransitionError(DeskError):
+    pass
+
+
+# --- transitions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    event: str
+    sources: frozenset[Status]
+    target: Status
+    close_reason: CloseReason | None = None
+    description: str = ""
+
+
+OPEN_STATUSES = frozenset(
+    {Status.NEW, Status.IN_PROGRESS, Status.WAITING_CUSTOMER, Status.RESOLVED}
+)
+WORKING_STATUSES = frozenset({Status.NEW, Status.IN_PROGRESS, Status.WAITING_CUSTOMER})
+
+# The one table of the ticket lifecycle (ARCHITECTURE.md, "Ticket states"); everything else
+# asks it.  A resolved ticket is still open: it waits for the customer's confirmation.
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(
+        "take",
+        frozenset({Status.NEW}),
+        Status.IN_PROGRESS,
+        description="staff takes the request or it is assigned",
+    ),
+    Transition(
+        "ask_customer",
+        frozenset({Status.IN_PROGRESS}),
+        Status.WAITING_CUSTOMER,
+        description="staff asks the customer for information",
+    ),
+    Transition(
+        "customer_replied",
+        frozenset({Status.WAITING_CUSTOMER}),
+        Status.IN_PROGRESS,
+        description="the customer answers the question",
+    ),
+    Transition(
+        "resolve",
+        WORKING_STATUSES,
+        Status.RESOLVED,
+        description="staff delivers the answer; the customer must confirm",
+    ),
+    Transition(
+        "confirm",
+        frozenset({Status.RESOLVED}),
+        Status.CLOSED,
+        CloseReason.CONFIRMED,
+        description="a responsible contact of the customer confirms the solution",
+    ),
+    Transition(
+        "reopen",
+        frozenset({Status.RESOLVED}),
+        Status.IN_PROGRESS,
+        description="the customer objects to the solution with reasons",
+    ),
+    Transition(
+        "auto_close",
+        frozenset({Status.RESOLVED}),
+        Status.CLOSED,
+        CloseReason.TIMEOUT,
+        description="no answer from the customer within the working-day limit",
+    ),
+    Transition(
+        "withdraw",
+        OPEN_STATUSES,
+        Status.CLOSED,
+        CloseReason.WITHDRAWN,
+        description="the customer withdraws the request",
+    ),
+)
+TRANSITIONS_BY_EVENT: Mapping[str, Transition] = {t.event: t for t in TRANSITIONS}
+EVENTS = tuple(TRANSITIONS_BY_EVENT)
+
+
+def next_status(status: Status, event: str) -> Status:
+    """The status that ``event`` leads to from ``status``, or IllegalTransitionError."""
+    transition = TRANSITIONS_BY_EVENT.get(event)
+    if transition is None:
+        raise IllegalTransitionError(f"unknown event {event!r}; known events: {', '.join(EVENTS)}")
+    if status not in transition.sources:
+        allowed = ", ".join(sorted(s.value for s in transition.sources))
+        raise IllegalTransitionError(
+            f"cannot {event.replace('_', ' ')} a ticket that is {status.value} "
+            f"(only from: {allowed})"
+        )
+    return transition.target
+
+
+def events_between(source: Status, target: Status) -> list[Transition]:
+    return [t for t in TRANSITIONS if source in t.sources and t.target is target]
+
+
+# --- priorities ---------------------------------------------------------------------------
+
+PRIORITY_BY_KIND: Mapping[Kind, Priority] = {
+    Kind.PROBLEM: Priority.P1,
+    Kind.INCIDENT: Priority.P2,
+    Kind.SERVICE_REQUEST: Priority.P3,
+    Kind.DEVELOPMENT_REQUEST: Priority.P4,
+}
+PRIORITIES = tuple(Priority)
+
+
+def shift_priority(priority: Priority, shift: int) -> Priority:
+    """Raise urgency by ``shift`` levels (negative lowers it), kept within P1..P4."""
+    index = PRIORITIES.index(priority) - shift
+    return PRIORITIES[min(max(index, 0), len(PRIORITIES) - 1)]
+
+
+# --- rules --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SupportPackage:
+    name: str
+    priority_shift: int = 0
+    response_hours: Mapping[Priority, float] = field(default_factory=dict)
+    resolution_hours: Mapping[Priority, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeskRules:
+    """What the desk needs from the configuration, as plain values."""
+
+    number_format: str = "OV-{year}-{seq:06d}"
+    timezone: str = "Europe/Moscow"
+    default_queue: str = "support"
+    default_language: str = "ru"
+    default_package: str = "standard"
+    packages: Mapping[str, SupportPackage] = field(
+        default_factory=lambda: {"standard": SupportPackage("standard")}
+    )
+    message_id_domain: str = "localhost"
+
+    def package(self, name: str) -> SupportPackage:
+        return (
+            self.packages.get(name)
+            or self.packages.get(self.default_package)
+            or (SupportPackage(name))
+        )
+
+
+def number_scope(number_format: str) -> str:
+    fields = {name for _, name, _, _ in string.Formatter().parse(number_format) if name}
+    return "year" if "year" in fields else "all"
+
+
+# --- registration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Environment:
+    os: str | None = None
+    os_version: str | None = None
+    product: str | None = None
+    product_version: str | None = None
+    browser: str | None = None
+    browser_version: str | None = None
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    subject: str
+    channel: Channel
+    customer_id: int
+    description: str = ""
+    contact_id: int | None = None
+    kind: Kind = Kind.INCIDENT
+    priority: Priority | None = None
+    priority_hint: Priority | None = None
+    environment: Environment = Environment()
+    queue: str | None = None
+    assignee: str | None = None
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    html: str | None = None
+    inbound_id: int | None = None
+    author: str = ""
+
+
+class Desk:
+    def __init__(self, rules: DeskRules, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.rules = rules
+        self.clock = clock
+        self.zone = ZoneInfo(rules.timezone)
+
+    # numbers ------------------------------------------------------------------------------
+
+    def allocate_number(self, session: Session, now: dt.datetime) -> str:
+        """Next registration number, taken inside the caller's transaction.
+
+        The counter row is incremented with an upsert that holds its row lock until the
+        registration commits, so concurrent registrations queue on it: a rollback leaves a
+        gap, never a duplicate.
+        """
+        year = now.astimezone(self.zone).year
+        scope = str(year) if number_scope(self.rules.number_format) == "year" else "all"
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(Counter)
+            .values(scope=scope, value=1)
+            .on_conflict_do_update(
+                index_elements=[Counter.scope], set_={"value": Counter.value + 1}
+            )
+            .returning(Counter.value)
+        )
+        seq = session.execute(stmt).scalar_one()
+        return self.rules.number_format.format(year=year, seq=seq)
+
+    # registration -------------------------------------------------------------------------
+
+    def register(self, session: Session, request: NewRequest, *, actor: str) -> Ticket:
+        customer = session.get(Customer, request.customer_id)
+        if customer is None:
+            raise NotFoundError(f"no customer with id {request.customer_id}")
+        contact = session.get(Contact, request.contact_id) if request.contact_id else None
+        if request.contact_id and (contact is None or contact.customer_id != customer.id):
+            raise NotFoundError(
+                f"no contact with id {request.contact_id} at customer {customer.name!r}"
+            )
+        now = self.clock()
+        package = self.rules.package(customer.package)
+        priority = request.priority or self._priority_for(request, package)
+        env = request.environment
+        ticket = Ticket(
+            number=self.allocate_number(session, now),
+            kind=request.kind,
+            priority=priority,
+            status=Status.NEW,
+            subject=request.subject.strip() or "(no subject)",
+            description=request.description,
+            channel=request.channel,
+            queue=request.queue or self.rules.default_queue,
+            customer=customer,
+            contact=contact,
+            env_os=env.os,
+            env_os_version=env.os_version,
+            env_product=env.product,
+            env_product_version=env.product_version,
+            env_browser=env.browser,
+            env_browser_version=env.browser_version,
+            created_at=now,
+            updated_at=now,
+        )
+        self._set_due_times(ticket, package)
+        session.add(ticket)
+        session.add(
+            Message(
+                ticket=ticket,
+                direction=Direction.IN,
+                author=request.author,
+                subject=ticket.subject,
+                text=request.description,
+                html=request.html,
+                message_id=request.message_id,
+                in_reply_to=request.in_reply_to,
+                inbound_id=request.inbound_id,
+                created_at=now,
+            )
+        )
+        self.journal(
+            session,
+            ticket,
+            actor,
+            "registered",
+            number=ticket.number,
+            kind=ticket.kind.value,
+            priority=ticket.priority.value,
+            channel=ticket.channel.value,
+            queue=ticket.queue,
+            package=package.name,
+        )
+        if request.assignee:
+            self._assign(session, ticket, self._staff_by_name(session, request.assignee), actor)
+        else:
+            staff = self.next_on_duty(session, ticket.queue, now)
+            if staff is not None:
+                self._assign(session, ticket, staff, SYSTEM_ACTOR, rule="round-robin")
+        self._notify_contact(session, ticket, "acknowledgement", in_reply_to=request.message_id)
+        session.flush()
+        return ticket
+
+    def _priority_for(self, request: NewRequest, package: SupportPackage) -> Priority:
+        base = PRIORITY_BY_KIND[request.kind]
+        if request.priority_hint is not None and PRIORITIES.index(
+            request.priority_hint
+        ) < PRIORITIES.index(base):
+            base = request.priority_hint
+        return shift_priority(base, package.priority_shift)
+
+    def _set_due_times(self, ticket: Ticket, package: SupportPackage) -> None:
+        response = package.response_hours.get(ticket.priority)
+        resolution = package.resolution_hours.get(ticket.priority)
+        ticket.response_due_at = (
+            ticket.created_at + dt.timedelta(hours=response) if response else None
+        )
+        ticket.resolution_due_at = (
+            ticket.created_at + dt.timedelta(hours=resolution) if resolution else None
+        )
+
+    # lookup -------------------------------------------------------------------------------
+
+    def ticket(self, session: Session, number: str, *, for_update: bool = False) -> Ticket:
+        wanted = number.strip()
+        ticket = None
+        # Exact first (the unique index); people also type numbers in lower case.
+        for condition in (Ticket.number == wanted, func.upper(Ticket.number) == wanted.upper()):
+            stmt = select(Ticket).where(condition)
+            if for_update:
+                stmt = stmt.with_for_update()
+            ticket = session.scalars(stmt).first()
+            if ticket is not None:
+                break
+        if ticket is None:
+            raise NotFoundError(f"no ticket {number!r}")
+        return ticket
+
+    def _staff_by_name(self, session: Session, name: str) -> Staff:
+        staff = session.scalars(select(Staff).where(Staff.name == name)).one_or_none()
+        if staff is None:
+            raise NotFoundError(f"no staff member {name!r}")
+        return staff
+
+    # transitions --------------------------------------------------------------------------
+
+    def apply(
+        self,
+        session: Session,
+        ticket: Ticket,
+        event: str,
+        *,
+        actor: str,
+        note: str | None = None,
+    ) -> Ticket:
+        """Move ``ticket`` by ``event``; journal it and queue the customer's notification."""
+        source = ticket.status
+        target = next_status(source, event)
+        transition = TRANSITIONS_BY_EVENT[event]
+        now = self.clock()
+        ticket.status = target
+        ticket.updated_at = now
+        if target is Status.RESOLVED:
+            ticket.resolved_at = now
+        if target is Status.CLOSED:
+            ticket.closed_at = now
+            ticket.close_reason = transition.close_reason
+        elif source is Status.RESOLVED:
+            ticket.resolved_at = None
+        if note:
+            session.add(
+                Message(
+                    ticket=ticket,
+                    direction=Direction.OUT
+                    if event in ("ask_customer", "resolve")
+                    else Direction.NOTE,
+                    author=actor,
+                    subject=ticket.subject,
+                    text=note,
+                    created_at=now,
+                )
+            )
+        details: dict[str, Any] = {"event": event, "from": source.value, "to": target.value}
+        if transition.close_reason is not None:
+            details["close_reason"] = transition.close_reason.value
+        if note:
+            details["note"] = note
+        self.journal(session, ticket, actor, "status_changed", **details)
+        if event in ("ask_customer", "resolve") and ticket.first_response_at is None:
+            ticket.first_response_at = now
+        self._notify_contact(session, ticket, f"status_{target.value}", note=note, event=event)
+        session.flush()
+        return ticket
+
+    def set_status(
+        self,
+        session: Session,
+        number: str,
+        status: Status,
+        *,
+        actor: str,
+        note: str | None = None,
+        reason: CloseReason | None = None,
+    ) -> Ticket:
+        """Staff's way to move a ticket: the event is found from the transition table."""
+        ticket = self.ticket(session, number, for_update=True)
+        candidates = events_between(ticket.status, status)
+        if reason is not None:
+            candidates = [t for t in candidates if t.close_reason is reason]
+        if not candidates:
+            raise IllegalTransitionError(
+                f"{ticket.number}: cannot go from {ticket.status.value} to {status.value}"
+                + (f" with reason {reason.value}" if reason else "")
+            )
+        if len(candidates) > 1:
+            options = ", ".join(t.close_reason.value for t in candidates if t.close_reason)
+            raise DeskError(
+                f"{ticket.number}: going from {ticket.status.value} to {status.value} "
+                f"needs a reason: {options}"
+            )
+        return self.apply(session, ticket, candidates[0].event, actor=actor, note=note)
+
+    # assignment ---------------------------------------------------------------------------
+
+    def assign(self, session: Session, number: str, staff_name: str, *, actor: str) -> Ticket:
+        """Explicit assignment by staff; a new ticket is thereby taken into work."""
+        ticket = self.ticket(session, number, for_update=True)
+        if ticket.status is Status.CLOSED:
+            raise IllegalTransitionError(f"{ticket.number} is closed; it cannot be assigned")
+        self._assign(session, ticket, self._staff_by_name(session, staff_name), actor)
+        if ticket.status is Status.NEW:
+            self.apply(session, ticket, "take", actor=actor)
+        session.flush()
+        return ticket
+
+    def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Staff | None:
+        """Round-robin: the on-duty engineer of ``queue`` who was assigned longest ago."""
+        stmt = (
+            select(Staff)
+            .join(StaffQueue)
+            .where(StaffQueue.queue == queue, Staff.on_duty.is_(True))
+            .order_by(Staff.last_assigned_at.asc().nulls_first(), Staff.id)
+            .limit(1)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            # Two daemons registering at once take different engineers.
+            stmt = stmt.with_for_update(skip_locked=True, of=Staff)
+        return session.scalars(stmt).first()
+
+    def _assign(
+        self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"
+    ) -> None:
+        previous = ticket.assignee.name if ticket.assignee else None
+        ticket.assignee = staff
+        ticket.updated_at = self.clock()
+        staff.last_assigned_at = ticket.updated_at
+        self.journal(
+            session, ticket, actor, "assigned", assignee=staff.name, previous=previous, rule=rule
+        )
+
+    # priority -----------------------------------------------------------------------------
+
+    def set_priority(
+        self, session: Session, number: str, priority: Priority, *, actor: str, reason: str = ""
+    ) -> Ticket:
+        ticket = self.ticket(session, number, for_update=True)
+        if ticket.status is Status.CLOSED:
+            raise IllegalTransitionError(f"{ticket.number} is closed; its priority is final")
+        previous = ticket.priority
+        ticket.priority = priority
+        ticket.updated_at = self.clock()
+        self._set_due_times(ticket, self.rules.package(ticket.customer.package))
+        self.journal(
+            session,
+            ticket,
+            actor,
+            "priority_changed",
+            **{"from": previous.value, "to": priority.value, "reason": reason},
+        )
+        session.flush()
+        return ticket
+
+    # journal and notifications ------------------------------------------------------------
+
+    def journal(
+        self, session: Session, ticket: Ticket, actor: str, action: str, **details: Any
+    ) -> JournalEntry:
+        entry = JournalEntry(
+            ticket=ticket, actor=actor, action=action, details=details, at=self.clock()
+        )
+        session.add(entry)
+        return entry
+
+    def _notify_contact(
+        self,
+        session: Session,
+        ticket: Ticket,
+        template: str,
+        *,
+        in_reply_to: str | None = None,
+        **payload: Any,
+    ) -> None:
+        contact = ticket.contact
+        if contact is None or not contact.email:
+            self.journal(
+                session,
+                ticket,
+                SYSTEM_ACTOR,
+                "notification_skipped",
+                template=template,
+                reason="the contact has no email address",
+            )
+            return
+        session.add(
+            OutboxItem(
+                ticket=ticket,
+                channel="email",
+                template=template,
+                recipient=contact.email,
+                message_id=f"<{uuid.uuid4().hex}@{self.rules.message_id_domain}>",
+                payload={
+                    "number": ticket.number,
+                    "status": ticket.status.value,
+                    "language": contact.language or self.rules.default_language,
+                    "in_reply_to": in_reply_to,
+                    **{k: v for k, v in payload.items() if v is not None},
+                },
+            )
+        )

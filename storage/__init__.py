@@ -1,0 +1,1 @@
+"""Persistence for OmniVOX Intake: SQLAlchemy models, sessions, blobs and migrations."""
