@@ -46,6 +46,18 @@ def customer_by_name(session: Session, name: str) -> Customer:
     return customer
 
 
+def find_contact(session: Session, reference: str, *, phone_region: str = "RU") -> Contact:
+    """The contact with this email address or phone number."""
+    if "@" in reference:
+        condition = Contact.email == normalize_email(reference)
+    else:
+        condition = Contact.phone == normalize_phone(reference, phone_region)
+    contact = session.scalars(select(Contact).where(condition)).one_or_none()
+    if contact is None:
+        raise NotFoundError(f"no contact {reference!r}")
+    return contact
+
+
 def add_customer(
     session: Session,
     name: str,

@@ -1,0 +1,1 @@
+"""OmniVOX Intake: the support desk's intake and registration daemon."""

@@ -1,0 +1,1 @@
+"""Inbound channels: one module per source (IMAP, SMTP, webhooks, operator API)."""

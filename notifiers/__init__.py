@@ -1,0 +1,1 @@
+"""Outbox consumers: email to customers, Telegram to staff."""
