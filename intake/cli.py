@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
-from intake import directory
-from intake.app import App, database_url, open_app
-from intake.config import ConfigError, SecretError, Settings, load_settings
+from intake import clikit, directory
+from intake.app import database_url
+from intake.config import ConfigError, SecretError
 from intake.daemon import StartupError, supervise
 from intake.desk import DeskError, NewRequest
 from intake.views import ticket_detail, ticket_summary
@@ -35,66 +33,12 @@ from storage.models import (
     Ticket,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 
 
-def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.find_root().ensure_object(dict)["config"] = value
-
-
-def config_option(command: F) -> F:
-    """``--config PATH`` accepted before or after any subcommand."""
-    return click.option(
-        "--config",
-        "-c",
-        type=click.Path(path_type=Path, dir_okay=False),
-        expose_value=False,
-        is_eager=True,
-        callback=_remember_config,
-        help="Configuration file (default: $INTAKE_CONFIG, else ./config.toml, else built-in).",
-    )(command)
-
-
-def json_option(command: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
-
-
-def _settings() -> Settings:
-    ctx = click.get_current_context()
-    obj = ctx.find_root().ensure_object(dict)
-    if "settings" not in obj:
-        obj["settings"] = load_settings(obj.get("config"))
-    settings: Settings = obj["settings"]
-    return settings
-
-
-@contextmanager
-def _app() -> Iterator[App]:
-    app = open_app(_settings())
-    try:
-        yield app
-    finally:
-        app.close()
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 @click.group()
-@config_option
+@clikit.config_option
 @click.version_option(package_name="omnivox-intake")
 def cli() -> None:
     """OmniVOX Intake: registers support requests from email and phone as tickets."""
@@ -104,27 +48,27 @@ def cli() -> None:
 
 
 @cli.command()
-@config_option
+@clikit.config_option
 def run() -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
-    settings = _settings()
+    settings = clikit.settings()
     logging.basicConfig(
         level=settings.daemon.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    with _app() as app:
+    with clikit.app() as app:
         asyncio.run(supervise(app.services(), shutdown_timeout=settings.daemon.shutdown_timeout))
 
 
 @cli.command("check-config")
-@config_option
+@clikit.config_option
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
 def check_config(path: Path | None) -> None:
     """Validate the configuration; print OK or every error (exit 2)."""
     if path is not None:
         click.get_current_context().find_root().ensure_object(dict)["config"] = path
-    _settings()
+    clikit.settings()
     click.echo("OK")
 
 
@@ -132,16 +76,16 @@ def check_config(path: Path | None) -> None:
 
 
 @cli.group()
-@config_option
+@clikit.config_option
 def db() -> None:
     """Database schema."""
 
 
 @db.command("upgrade")
-@config_option
+@clikit.config_option
 def db_upgrade() -> None:
     """Create or migrate the database to the current schema."""
-    database = Database.from_url(database_url(_settings()))
+    database = Database.from_url(database_url(clikit.settings()))
     try:
         before = current_revision(database.engine)
         upgrade(database.engine)
@@ -155,10 +99,10 @@ def db_upgrade() -> None:
 
 
 @db.command("current")
-@config_option
+@clikit.config_option
 def db_current() -> None:
     """Print the database's schema revision and the code's."""
-    database = Database.from_url(database_url(_settings()))
+    database = Database.from_url(database_url(clikit.settings()))
     try:
         revision = current_revision(database.engine)
     finally:
@@ -180,13 +124,13 @@ def _ticket_query() -> Any:
 
 
 @cli.group()
-@config_option
+@clikit.config_option
 def tickets() -> None:
     """List, inspect and move tickets."""
 
 
 @tickets.command("list")
-@config_option
+@clikit.config_option
 @click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Repeatable.")
 @click.option("--priority", "priorities", multiple=True, type=PRIORITY_CHOICE, help="Repeatable.")
 @click.option("--customer", help="Customer name.")
@@ -199,7 +143,7 @@ def tickets() -> None:
     help="priority: most urgent first, then oldest first; newest: latest first.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
-@json_option
+@clikit.json_option
 def tickets_list(
     statuses: tuple[str, ...],
     priorities: tuple[str, ...],
@@ -225,14 +169,14 @@ def tickets_list(
         stmt = stmt.order_by(Ticket.priority, Ticket.created_at, Ticket.id)
     else:
         stmt = stmt.order_by(Ticket.created_at.desc(), Ticket.id.desc())
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         if customer:
             directory.customer_by_name(session, customer)
         found = session.scalars(stmt.limit(limit)).all()
         if as_json:
-            _print_json([ticket_summary(t) for t in found])
+            clikit.print_json([ticket_summary(t) for t in found])
             return
-        _table(
+        clikit.table(
             [
                 (
                     t.number,
@@ -251,7 +195,7 @@ def tickets_list(
 
 
 @tickets.command("register")
-@config_option
+@clikit.config_option
 @click.option("--customer", required=True, help="Customer name.")
 @click.option("--contact", "contact_ref", help="The contact's email address or phone number.")
 @click.option("--subject", required=True)
@@ -266,7 +210,7 @@ def tickets_list(
 )
 @click.option("--assignee", help="Staff member (default: round-robin among those on duty).")
 @click.option("--actor", default="cli", show_default=True)
-@json_option
+@clikit.json_option
 def tickets_register(
     customer: str,
     contact_ref: str | None,
@@ -280,7 +224,7 @@ def tickets_register(
     as_json: bool,
 ) -> None:
     """Register a request taken by other means (a visit, a chat, a call not logged)."""
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         owner = directory.customer_by_name(session, customer)
         contact = directory.find_contact(session, contact_ref) if contact_ref else None
         ticket = app.desk.register(
@@ -299,22 +243,22 @@ def tickets_register(
             actor=actor,
         )
         if as_json:
-            _print_json(ticket_summary(ticket))
+            clikit.print_json(ticket_summary(ticket))
         else:
             click.echo(f"{ticket.number} registered ({ticket.priority.value}, {ticket.kind.value})")
 
 
 @tickets.command("show")
-@config_option
+@clikit.config_option
 @click.argument("number")
-@json_option
+@clikit.json_option
 def tickets_show(number: str, as_json: bool) -> None:
     """One ticket with its messages and journal."""
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         ticket = app.desk.ticket(session, number)
         data = ticket_detail(ticket)
     if as_json:
-        _print_json(data)
+        clikit.print_json(data)
         return
     env = ", ".join(f"{k}={v}" for k, v in data["environment"].items() if v is not None) or "-"
     lines = [
@@ -350,7 +294,7 @@ def tickets_show(number: str, as_json: bool) -> None:
 
 
 @tickets.command("set-status")
-@config_option
+@clikit.config_option
 @click.argument("number")
 @click.argument("status", type=STATUS_CHOICE)
 @click.option("--note", help="The answer, question or remark; sent to the customer where due.")
@@ -364,7 +308,7 @@ def tickets_set_status(
     number: str, status: str, note: str | None, actor: str, reason: str | None
 ) -> None:
     """Move a ticket (events: see the transition table in the README)."""
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         ticket = app.desk.set_status(
             session,
             number,
@@ -377,26 +321,26 @@ def tickets_set_status(
 
 
 @tickets.command("assign")
-@config_option
+@clikit.config_option
 @click.argument("number")
 @click.argument("staff")
 @click.option("--actor", default="cli", show_default=True)
 def tickets_assign(number: str, staff: str, actor: str) -> None:
     """Assign a ticket to a staff member (a new ticket goes in progress)."""
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         ticket = app.desk.assign(session, number, staff, actor=actor)
         click.echo(f"{ticket.number}: assigned to {staff}, {ticket.status.value}")
 
 
 @tickets.command("set-priority")
-@config_option
+@clikit.config_option
 @click.argument("number")
 @click.argument("priority", type=PRIORITY_CHOICE)
 @click.option("--reason", default="", help="Why (journaled).")
 @click.option("--actor", default="cli", show_default=True)
 def tickets_set_priority(number: str, priority: str, reason: str, actor: str) -> None:
     """Override a ticket's priority; its due times follow."""
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         ticket = app.desk.set_priority(
             session, number, Priority(priority), actor=actor, reason=reason
         )
@@ -416,20 +360,20 @@ def _customer_row(customer: Customer) -> dict[str, Any]:
 
 
 @cli.group()
-@config_option
+@clikit.config_option
 def customers() -> None:
     """Organisations with support packages."""
 
 
 @customers.command("add")
-@config_option
+@clikit.config_option
 @click.argument("name")
 @click.option("--package", help="Support package (default: [desk] default_package).")
 @click.option("--domain", "domains", multiple=True, help="Mail domain of the customer.")
 def customers_add(name: str, package: str | None, domains: tuple[str, ...]) -> None:
     """Add a customer."""
-    settings = _settings()
-    with _app() as app, app.db.transaction() as session:
+    settings = clikit.settings()
+    with clikit.app() as app, app.db.transaction() as session:
         customer = directory.add_customer(
             session,
             name,
@@ -441,15 +385,15 @@ def customers_add(name: str, package: str | None, domains: tuple[str, ...]) -> N
 
 
 @customers.command("list")
-@config_option
-@json_option
+@clikit.config_option
+@clikit.json_option
 def customers_list(as_json: bool) -> None:
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         rows = [_customer_row(c) for c in directory.list_customers(session)]
     if as_json:
-        _print_json(rows)
+        clikit.print_json(rows)
     else:
-        _table(
+        clikit.table(
             [(r["name"], r["package"], " ".join(r["domains"])) for r in rows],
             ["NAME", "PACKAGE", "DOMAINS"],
         )
@@ -467,13 +411,13 @@ def _contact_row(contact: Contact) -> dict[str, Any]:
 
 
 @cli.group()
-@config_option
+@clikit.config_option
 def contacts() -> None:
     """People at the customers; responsible ones may confirm closure."""
 
 
 @contacts.command("add")
-@config_option
+@clikit.config_option
 @click.option("--customer", required=True, help="Customer name.")
 @click.option("--email")
 @click.option("--phone", help="Any usual notation; stored as E.164.")
@@ -489,8 +433,8 @@ def contacts_add(
     responsible: bool,
 ) -> None:
     """Add a contact to a customer."""
-    settings = _settings()
-    with _app() as app, app.db.transaction() as session:
+    settings = clikit.settings()
+    with clikit.app() as app, app.db.transaction() as session:
         contact = directory.add_contact(
             session,
             customer,
@@ -507,12 +451,12 @@ def contacts_add(
 
 
 @contacts.command("list")
-@config_option
+@clikit.config_option
 @click.option("--customer", help="Only this customer's contacts.")
 @click.option("--responsible", is_flag=True, help="Only those who may confirm closure.")
-@json_option
+@clikit.json_option
 def contacts_list(customer: str | None, responsible: bool, as_json: bool) -> None:
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         if customer:
             directory.customer_by_name(session, customer)
         rows = [
@@ -522,9 +466,9 @@ def contacts_list(customer: str | None, responsible: bool, as_json: bool) -> Non
             )
         ]
     if as_json:
-        _print_json(rows)
+        clikit.print_json(rows)
     else:
-        _table(
+        clikit.table(
             [
                 (
                     r["customer"],
@@ -541,13 +485,13 @@ def contacts_list(customer: str | None, responsible: bool, as_json: bool) -> Non
 
 
 @cli.group()
-@config_option
+@clikit.config_option
 def staff() -> None:
     """Support engineers and their queues."""
 
 
 @staff.command("add")
-@config_option
+@clikit.config_option
 @click.argument("name")
 @click.option("--email")
 @click.option("--telegram-chat-id", type=int)
@@ -563,8 +507,8 @@ def staff_add(
     off_duty: bool,
 ) -> None:
     """Add a staff member."""
-    settings = _settings()
-    with _app() as app, app.db.transaction() as session:
+    settings = clikit.settings()
+    with clikit.app() as app, app.db.transaction() as session:
         member = directory.add_staff(
             session,
             name,
@@ -577,10 +521,10 @@ def staff_add(
 
 
 @staff.command("list")
-@config_option
-@json_option
+@clikit.config_option
+@clikit.json_option
 def staff_list(as_json: bool) -> None:
-    with _app() as app, app.db.transaction() as session:
+    with clikit.app() as app, app.db.transaction() as session:
         rows: list[dict[str, Any]] = [
             {
                 "name": s.name,
@@ -592,9 +536,9 @@ def staff_list(as_json: bool) -> None:
             for s in directory.list_staff(session)
         ]
     if as_json:
-        _print_json(rows)
+        clikit.print_json(rows)
     else:
-        _table(
+        clikit.table(
             [
                 (
                     r["name"],

@@ -21,17 +21,19 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def head_revision() -> str:
-    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
-    assert head is not None, "the migrations directory has no revisions"
-    return head
+    """The code's schema revision (several heads, if any, joined with '+')."""
+    heads = ScriptDirectory(str(MIGRATIONS_DIR)).get_heads()
+    assert heads, "the migrations directory has no revisions"
+    return "+".join(sorted(heads))
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        heads = MigrationContext.configure(connection).get_current_heads()
+    return "+".join(sorted(heads)) if heads else None
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
     command.upgrade(alembic_config(engine), revision)
 
 

@@ -1,0 +1,177 @@
+"""The inbound store: every received raw item, written before its source acknowledges it.
+
+A source calls :func:`store` and commits, and only then answers its peer (SMTP 250, IMAP
+\\Seen, HTTP 2xx). Pipeline workers :func:`claim` items with a lease, process each in its
+own transaction that also marks it :func:`done` or :func:`ignored`, and on an error call
+:func:`failed`, which schedules a retry with backoff or quarantines the item after the
+last attempt. A worker that dies mid-item leaves a lease that runs out, and the item is
+claimed again; because the desk's work and the item's ``done`` commit together, no item is
+registered twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.models import InboundItem, InboundState, utcnow
+
+DEFAULT_LEASE = dt.timedelta(minutes=5)
+
+
+class InboundError(LookupError):
+    """An inbound item that does not exist or is not in a state for what was asked."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    duplicate: bool
+
+
+def store(
+    session: Session,
+    *,
+    source: str,
+    source_ref: str,
+    raw: bytes,
+    message_id: str | None = None,
+    received_at: dt.datetime | None = None,
+) -> Stored:
+    """Write a received item once; a second delivery of the same reference is a duplicate."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(InboundItem)
+        .values(
+            source=source,
+            source_ref=source_ref,
+            raw=raw,
+            size=len(raw),
+            message_id=message_id,
+            received_at=received_at or utcnow(),
+            state=InboundState.PENDING,
+            attempts=0,
+        )
+        .on_conflict_do_nothing(index_elements=["source", "source_ref"])
+        .returning(InboundItem.id)
+    )
+    new_id = session.execute(stmt).scalar_one_or_none()
+    if new_id is not None:
+        return Stored(new_id, duplicate=False)
+    existing = session.scalars(
+        select(InboundItem.id).where(
+            InboundItem.source == source, InboundItem.source_ref == source_ref
+        )
+    ).one()
+    return Stored(existing, duplicate=True)
+
+
+def claim(
+    session: Session,
+    *,
+    now: dt.datetime | None = None,
+    limit: int = 1,
+    lease: dt.timedelta = DEFAULT_LEASE,
+    sources: Collection[str] | None = None,
+) -> Sequence[InboundItem]:
+    """Take up to ``limit`` items that are due: pending, failed and due again, or whose
+    previous worker's lease ran out. They are ``processing`` until the lease ends."""
+    now = now or utcnow()
+    due = or_(InboundItem.next_attempt_at.is_(None), InboundItem.next_attempt_at <= now)
+    stmt = (
+        select(InboundItem)
+        .where(
+            InboundItem.state.in_(
+                [InboundState.PENDING, InboundState.FAILED, InboundState.PROCESSING]
+            ),
+            due,
+        )
+        .order_by(InboundItem.id)
+        .limit(limit)
+    )
+    if sources is not None:
+        stmt = stmt.where(InboundItem.source.in_(list(sources)))
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    items = session.scalars(stmt).all()
+    for item in items:
+        item.state = InboundState.PROCESSING
+        item.attempts += 1
+        item.next_attempt_at = now + lease
+    session.flush()
+    return items
+
+
+def done(session: Session, item: InboundItem, *, ticket_id: int | None) -> None:
+    item.state = InboundState.DONE
+    item.ticket_id = ticket_id
+    item.error = None
+    item.next_attempt_at = None
+    item.processed_at = utcnow()
+
+
+def ignored(session: Session, item: InboundItem, *, reason: str) -> None:
+    """Set aside on purpose (auto-reply, bounce, loop …), with the reason recorded."""
+    item.state = InboundState.IGNORED
+    item.reason = reason
+    item.error = None
+    item.next_attempt_at = None
+    item.processed_at = utcnow()
+
+
+def backoff(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> dt.timedelta:
+    """30 s, 60 s, 2 min … capped at an hour."""
+    return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), cap))
+
+
+def failed(
+    session: Session,
+    item_id: int,
+    *,
+    error: str,
+    max_attempts: int,
+    now: dt.datetime | None = None,
+) -> InboundState:
+    """Record a processing error; retry later, or quarantine after ``max_attempts``."""
+    now = now or utcnow()
+    item = session.get(InboundItem, item_id, with_for_update=True)
+    if item is None:
+        raise InboundError(f"no inbound item {item_id}")
+    item.error = error
+    if item.attempts >= max_attempts:
+        item.state = InboundState.QUARANTINED
+        item.next_attempt_at = None
+    else:
+        item.state = InboundState.FAILED
+        item.next_attempt_at = now + backoff(item.attempts)
+    session.flush()
+    return item.state
+
+
+def retry(session: Session, item_id: int) -> InboundItem:
+    """Put a quarantined, failed or ignored item back in the queue, with fresh attempts."""
+    item = session.get(InboundItem, item_id, with_for_update=True)
+    if item is None:
+        raise InboundError(f"no inbound item {item_id}")
+    if item.state in (InboundState.DONE, InboundState.PENDING, InboundState.PROCESSING):
+        raise InboundError(f"inbound item {item_id} is {item.state.value}; nothing to retry")
+    item.state = InboundState.PENDING
+    item.attempts = 0
+    item.next_attempt_at = None
+    session.flush()
+    return item
+
+
+def retry_quarantined(session: Session) -> int:
+    result = session.execute(
+        update(InboundItem)
+        .where(InboundItem.state == InboundState.QUARANTINED)
+        .values(state=InboundState.PENDING, attempts=0, next_attempt_at=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
