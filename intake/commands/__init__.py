@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``intake`` command, one module each, added in intake.cli."""
