@@ -74,6 +74,15 @@ _FREQ = {**_RU_FREQ, **_UKR_EXTRA}
 _FREQ.update({k.upper(): v for k, v in list(_FREQ.items())})
 
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A declared Cyrillic charset whose reading scores this high is Russian as declared: wrong
+# readings of real text stay below ~72, so the other candidates need not be tried.
+_TRUSTED_SCORE = 80.0
+_TRUSTED_MIN_LETTERS = 20
+# Bytes that break an otherwise valid UTF-8 text (a stray byte added by an MTA or a
+# signature tool) are read as windows-1251, the likeliest single-byte charset here.
+_STRAY_CHARSET = "cp1251"
+_STRAY_RATIO = 8
 _MOJIBAKE_1251 = re.compile(r"[РС][\u0400-\u045f\u00a0-\u00bf\u2010-\u203a\u20ac\u2116]")
 _MOJIBAKE_LATIN = re.compile(r"[ÐÑ][\u0080-\u00bf\u0152-\u0178\u2013-\u2122]")
 
@@ -127,6 +136,11 @@ def _cyrillic_score(text: str) -> float:
     return weight / total + 40 * plausible / letters
 
 
+def _non_ascii(text: str) -> int:
+    sample = text[:65536]
+    return len(sample) - len(sample.encode("ascii", "ignore"))
+
+
 def _guess_cyrillic(data: bytes) -> tuple[str, str] | None:
     sample = data[:65536]
     best: tuple[float, str] | None = None
@@ -146,10 +160,43 @@ def _is_utf8(data: bytes) -> str | None:
         return None
 
 
+def _stray_bytes(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return error.object[error.start:error.end].decode(_STRAY_CHARSET, "replace"), error.end
+
+
+codecs.register_error("omnivox-stray-bytes", _stray_bytes)
+
+
+def _mostly_utf8(data: bytes) -> Decoded | None:
+    """UTF-8 with a few invalid bytes among many valid multibyte characters, read as UTF-8
+    with only those bytes read as windows-1251; None when the bytes are not mostly UTF-8."""
+    loose = data.decode("utf-8", "replace")
+    bad = loose.count("\ufffd")
+    good = len(loose) - len(loose.encode("ascii", "ignore")) - bad
+    if bad == 0 or good < _STRAY_RATIO * bad:
+        return None
+    text = data.decode("utf-8", "omnivox-stray-bytes")
+    return Decoded(text, "utf_8",
+                   f"{bad} byte(s) that are not UTF-8 in UTF-8 text read as windows-1251")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` encodable as UTF-8: surrogate pairs (UTF-7, RTF ``\\u``) joined, lone
+    surrogates replaced with U+FFFD."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _detect(data: bytes, fallback: str | None) -> Decoded:
     text = _is_utf8(data)
     if text is not None:
         return Decoded(text, "utf_8")
+    mostly = _mostly_utf8(data)
+    if mostly is not None:
+        return mostly
     guess = _guess_cyrillic(data)
     if guess is not None:
         return Decoded(guess[0], guess[1])
@@ -181,7 +228,14 @@ def repair_mojibake(text: str) -> str | None:
 
 def decode(data: bytes, declared: str | None, *, hint: str | None = None) -> Decoded:
     """Decode ``data`` declared as ``declared``; never raises, never returns mojibake that
-    can be recognised as such. ``hint`` is a charset seen elsewhere in the same message."""
+    can be recognised as such nor a string that cannot be written as UTF-8. ``hint`` is a
+    charset seen elsewhere in the same message."""
+    result = _decode(data, declared, hint)
+    text = valid_unicode(result.text)
+    return result if text is result.text else Decoded(text, result.charset, result.warning)
+
+
+def _decode(data: bytes, declared: str | None, hint: str | None) -> Decoded:
     name = codec_name(declared)
     if data.isascii() and name not in _SEVEN_BIT and name not in _WIDE:
         text = data.decode("ascii")
@@ -190,8 +244,11 @@ def decode(data: bytes, declared: str | None, *, hint: str | None = None) -> Dec
         result = _decode_declared(data, name, declared or name)
     elif name == "utf_8":
         strict = _is_utf8(data)
+        mostly = _mostly_utf8(data) if strict is None else None
         if strict is not None:
             result = Decoded(strict, "utf_8")
+        elif mostly is not None:
+            result = mostly
         else:
             found = _detect(data, None)
             result = Decoded(
@@ -205,7 +262,9 @@ def decode(data: bytes, declared: str | None, *, hint: str | None = None) -> Dec
         if found.charset in _LATIN_FALLBACK and hinted and hinted not in _UNTRUSTED:
             found = Decoded(data.decode(hinted, "replace"), hinted)
         warning = None
-        if declared and name != found.charset:
+        if found.warning is not None:
+            warning = found.warning
+        elif declared and name != found.charset:
             warning = f"declared {declared} but content is {found.charset}"
         elif not declared and found.charset != "utf_8":
             warning = f"no charset declared; read as {found.charset}"
@@ -223,11 +282,19 @@ def _decode_declared(data: bytes, name: str, declared: str) -> Decoded:
         text = _is_utf8(data)
         if text is not None:
             return Decoded(text, "utf_8", f"declared {declared} but content is UTF-8")
+        mostly = _mostly_utf8(data)
+        if mostly is not None:
+            return Decoded(mostly.text, "utf_8", f"declared {declared} but content is UTF-8; "
+                           + (mostly.warning or ""))
         if name in _CYRILLIC_CANDIDATES:
+            own_text = data.decode(name, "replace")
+            own = _cyrillic_score(own_text[:65536])
+            if (own >= _TRUSTED_SCORE and _non_ascii(own_text) >= _TRUSTED_MIN_LETTERS
+                    and "\ufffd" not in own_text):
+                return Decoded(own_text, name)
             guess = _guess_cyrillic(data)
             if guess is not None and guess[1] != name:
-                own = _cyrillic_score(data[:65536].decode(name, "replace"))
-                other = _cyrillic_score(data[:65536].decode(guess[1], "replace"))
+                other = _cyrillic_score(guess[0][:65536])
                 if other > own * 1.25:
                     return Decoded(guess[0], guess[1],
                                    f"declared {declared} but content is {guess[1]}")

@@ -62,9 +62,10 @@ class ClassifyRules:
         ("problem", "P1"), ("incident", "P2"), ("service_request", "P3"),
         ("development_request", "P4"),
     )
+    # Words of urgency only: "не работает" says what is broken, not how soon it matters.
     urgent: tuple[str, ...] = (
         r"срочно", r"\burgent\w*", r"\basap\b", r"критично", r"критическ\w*", r"critical",
-        r"не работает", r"not working", r"горит",
+        r"горит",
     )
     critical: tuple[str, ...] = (
         r"весь колл-?центр", r"все операторы", r"у всех операторов", r"all operators",
@@ -165,15 +166,20 @@ def classify(subject: str, text: str, rules: ClassifyRules = DEFAULT_RULES) -> C
     mapping = dict(rules.kind_priority)
     priority = mapping.get(kind, "P3")
     priority_reason = f"default for {kind}"
-    critical = compiled.critical.first(both, lowered)
+    if kind == "development_request":
+        # An enhancement waits for a release whatever words it uses ("all operators").
+        return Classification(kind, kind_reason, priority, priority_reason)
+    breakdown = kind in ("incident", "problem")
+    critical = compiled.critical.first(both, lowered) if breakdown else None
     urgent = compiled.urgent.first(both, lowered) if critical is None else None
     if critical is not None and priority != "P1":
         priority, priority_reason = "P1", f"critical hint '{critical}'"
     elif urgent is not None:
         # Urgency moves a request up one step but not to P1: P1 is for work that has
-        # stopped (a problem, or a critical hint about the whole centre).
+        # stopped (a problem, or a critical hint about the whole centre). A question may
+        # become P2 at most.
         raised = PRIORITIES[max(PRIORITIES.index(priority) - 1, 1)]
-        if raised != priority:
+        if raised != priority and PRIORITIES.index(raised) < PRIORITIES.index(priority):
             priority, priority_reason = raised, f"urgency hint '{urgent}'"
     return Classification(kind, kind_reason, priority, priority_reason)
 

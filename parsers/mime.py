@@ -110,7 +110,6 @@ class _Walk:
     report: Report | None = None
     hint: str | None = None
     parts: int = 0
-    capped: bool = False
 
     def warn(self, message: str) -> None:
         if message not in self.warnings and len(self.warnings) < 100:
@@ -350,9 +349,14 @@ def _find_parts(walk: _Walk, buf: bytes, start: int, end: int,
             if part_end > part_start and buf[part_end - 1] == 0x0D:
                 part_end -= 1
             spans.append((part_start, max(part_start, part_end)))
-            if len(spans) + walk.parts >= MAX_PARTS:
-                walk.capped = True
-                walk.warn(f"more than {MAX_PARTS} MIME parts; the rest is skipped")
+            if len(spans) + walk.parts >= MAX_PARTS and not is_close:
+                # Counted, not parsed: the cap is a defence, but staff must see what it hid.
+                here = max(idx - 1, start)
+                skipped = (buf.count(b"\n" + delim, here, end)
+                           - buf.count(b"\n" + delim + b"--", here, end))
+                walk.warn(f"more than {MAX_PARTS} MIME parts; the {max(skipped, 1)} "
+                          "remaining parts of this multipart were skipped (text and files "
+                          "not extracted)")
                 return spans
         if is_close:
             closed = True

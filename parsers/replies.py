@@ -6,6 +6,10 @@ lines) and its Russian ``… г. в 10:00, Имя <адрес>:``, Thunderbird `
 Mail ``… написал(а):``, Yandex ``15.01.2024, 10:00, "Имя" <адрес>:``, Mail.ru ``…, 10:00
 +03:00 от Имя <адрес>:`` and ``>`` quoting. Nothing is dropped: the three parts together
 are the whole text.
+
+A sign-off line (``Спасибо!``, ``Best regards``) starts the signature only when what follows
+looks like one (a few short lines: name, title, company, phone), not when it carries the
+request (sentences, questions, system versions): people put versions after "Спасибо!".
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from parsers.versions import mentions_environment
+
 MAX_SCAN_LINES = 20000
 MAX_LINE = 400
 _SIGNATURE_TAIL_LINES = 8
+_SIGNATURE_LINE_WORDS = 8
+_SENTENCE_WORDS = 4
 
 _ORIGINAL = re.compile(
     r"^[-_=\s]{0,5}-{2,}\s*(?:original message|исходное сообщение|оригинальное сообщение|"
@@ -46,7 +54,8 @@ _MOBILE = re.compile(
     r"sent with .{1,60}|sent via .{1,60}|отправлено через .{1,80})$", re.I)
 _VALEDICTION = re.compile(
     r"^(?:с уважением|с наилучшими пожеланиями|всего доброго|всего хорошего|"
-    r"с благодарностью|заранее спасибо|best regards|kind regards|warm regards|regards|"
+    r"с благодарностью|заранее спасибо|большое спасибо|спасибо|благодарю|best regards|"
+    r"kind regards|warm regards|regards|"
     r"best wishes|best|thanks|thank you|many thanks|cheers|sincerely|"
     r"yours sincerely|br)[\s,.!]*$", re.I)
 
@@ -100,6 +109,7 @@ def split(text: str, *, is_forward: bool = False) -> Split:
     quote_at: int | None = None
     marker: str | None = None
     forwarded_from: int | None = None
+    span = 1
     for i in range(scan):
         line = stripped[i]
         if not line:
@@ -113,6 +123,8 @@ def split(text: str, *, is_forward: bool = False) -> Split:
         found = _attribution(line, stripped[i + 1] if i + 1 < scan else "")
         if found is not None:
             quote_at, marker = i, found
+            # An attribution wrapped over two lines ("On … Support <\naddr> wrote:").
+            span = 1 if _attribution(line, "") is not None else 2
             break
         if _outlook_block(stripped, i):
             recent_forward = forwarded_from is not None and i - forwarded_from <= 3
@@ -126,8 +138,13 @@ def split(text: str, *, is_forward: bool = False) -> Split:
         if quote_at > 0 and _UNDERSCORES.match(stripped[quote_at - 1]):
             quote_at -= 1
         new_lines, quoted_lines = lines[:quote_at], lines[quote_at:]
-        if marker == "'>' quoting" and not "".join(new_lines).strip():
-            new_lines, quoted_lines = _bottom_posted(quoted_lines)
+        if not "".join(new_lines).strip():
+            if marker == "'>' quoting":
+                new_lines, quoted_lines = _bottom_posted(quoted_lines)
+            elif _quoted_next(quoted_lines[span:]):
+                # Written under "On … wrote:" and its quote, or between the quoted lines.
+                below, quoted = _bottom_posted(quoted_lines[span:])
+                new_lines, quoted_lines = below, quoted_lines[:span] + quoted
     body, signature = _split_signature(new_lines)
     return Split(
         new_text="\n".join(body).strip("\n"),
@@ -135,6 +152,11 @@ def split(text: str, *, is_forward: bool = False) -> Split:
         signature="\n".join(signature).strip("\n"),
         marker=marker,
     )
+
+
+def _quoted_next(lines: list[str]) -> bool:
+    first = next((line.lstrip() for line in lines[:MAX_SCAN_LINES] if line.strip()), "")
+    return first.startswith(">")
 
 
 def _bottom_posted(lines: list[str]) -> tuple[list[str], list[str]]:
@@ -158,7 +180,28 @@ def _split_signature(lines: list[str]) -> tuple[list[str], list[str]]:
     for i, raw in enumerate(window):
         line = raw.strip()
         if line and len(line) < 60 and _VALEDICTION.match(line):
-            tail = [t for t in window[i + 1 :] if t.strip()]
-            if len(tail) <= _SIGNATURE_TAIL_LINES and all(len(t) < 100 for t in tail):
+            tail = [t.strip() for t in window[i + 1 :] if t.strip()]
+            if _signature_like(tail):
                 return lines[: offset + i], lines[offset + i :]
     return lines, []
+
+
+def _signature_like(tail: list[str]) -> bool:
+    """Name, title, company, phone lines; not sentences, questions or system versions."""
+    if len(tail) > _SIGNATURE_TAIL_LINES:
+        return False
+    for line in tail:
+        words = len(line.split())
+        if len(line) >= 100 or words > _SIGNATURE_LINE_WORDS or line.endswith("?"):
+            return False
+        if words >= _SENTENCE_WORDS and line.endswith((".", "!")):
+            return False
+    return not (tail and mentions_environment("\n".join(tail)))
+
+
+def environment_text(signature: str) -> str:
+    """The part of a signature that may carry system parameters: without the ``--`` line
+    and the mobile client's footer, whose OS is the phone's, not the operator's."""
+    return "\n".join(line for line in signature.split("\n")
+                     if not _SIG_DASHES.match(line.rstrip("\r"))
+                     and not _MOBILE.match(line.strip()[:MAX_LINE]))

@@ -17,8 +17,18 @@ from parsers.options import DEFAULT_OPTIONS, ParseOptions
 MAX_NUMBER_SCAN = 200_000
 MAX_WARNINGS = 50
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fwd?|fw|пересл\w*|перенаправлено|переслано)\s*:", re.I)
-_CYRILLIC = re.compile(r"[а-яё]", re.I)
-_LATIN = re.compile(r"[a-z]", re.I)
+_WORD = re.compile(r"[^\W\d_]+")
+_CYRILLIC = re.compile(r"[а-яёіїєґ]", re.I)
+# Names that Russian text writes in Latin letters: they say nothing of the language.
+_NAMES = frozenset((
+    "windows", "win", "server", "microsoft", "linux", "astra", "ubuntu", "debian", "centos",
+    "rhel", "red", "hat", "os", "alt", "macos", "mac", "android", "ios", "ipados", "iphone",
+    "ipad", "se", "ce", "pro", "home", "enterprise", "ltsc", "esr", "lts", "x", "amd",
+    "bit", "nt", "chrome", "chromium", "google", "firefox", "mozilla", "edge", "edg", "opera",
+    "gx", "safari", "yandex", "yabrowser", "browser", "omnivox", "agentzone", "agent", "zone",
+    "chat", "version", "ver", "v", "gecko", "khtml", "like", "applewebkit", "webkit", "wow",
+    "intel", "rv",
+))
 _SPACES = re.compile(r"\s+")
 
 
@@ -66,7 +76,12 @@ def _parse(raw: bytes, options: ParseOptions) -> ParsedMail:
         data_uris = screenshots.data_uri_images(joined[: text.MAX_HTML_CHARS * 4])
 
     split = replies.split(full_text, is_forward=bool(_FORWARD_SUBJECT.match(subject)))
-    environment = versions.extract(split.new_text, subject)
+    # People put their versions after "Спасибо!": the signature is searched too.
+    environment = versions.extract(
+        f"{split.new_text}\n{replies.environment_text(split.signature)}"
+        if split.signature else split.new_text, subject)
+    warnings.extend(f"{answer}: not a known name; left missing"
+                    for answer in environment.unrecognised)
     classification = classify.classify(subject, split.new_text, options.classify)
     files = screenshots.sort_files(list(message.files), data_uris,
                                    max_bytes=options.max_screenshot_bytes,
@@ -85,7 +100,7 @@ def _parse(raw: bytes, options: ParseOptions) -> ParsedMail:
     date = parse_date(headers.raw("date"))
     if date is None and headers.has("date"):
         warnings.append(f"unreadable Date header {headers.ascii('date')[:60]!r}")
-    number, number_source = _registration_number(options, subject, split, full_text)
+    number, number_source = _registration_number(options, subject, split)
     in_reply_to = parse_msg_ids(headers.raw("in-reply-to"))
     message_ids = parse_msg_ids(headers.raw("message-id"))
     return ParsedMail(
@@ -136,19 +151,29 @@ def _addresses(headers: HeaderBlock, name: str, hint: str | None) -> tuple[str, 
 
 
 def _language(subject: str, body: str) -> str:
-    sample = f"{subject}\n{body[:5000]}"
-    cyrillic = len(_CYRILLIC.findall(sample))
-    latin = len(_LATIN.findall(sample))
+    """Words, not letters: "ОС: Astra Linux 1.7, браузер Firefox 115 ESR" is Russian."""
+    cyrillic = 0
+    latin = 0
+    names = 0
+    for word in _WORD.findall(f"{subject}\n{body[:5000]}"):
+        if _CYRILLIC.search(word):
+            cyrillic += 1
+        elif word.isascii():
+            if word.lower() in _NAMES:
+                names += 1
+            else:
+                latin += 1
     if cyrillic == 0 and latin == 0:
-        return "unknown"
+        return "en" if names else "unknown"
     return "ru" if cyrillic * 3 >= cyrillic + latin else "en"
 
 
-def _registration_number(options: ParseOptions, subject: str, split: replies.Split,
-                         full_text: str) -> tuple[str | None, str | None]:
+def _registration_number(options: ParseOptions, subject: str, split: replies.Split
+                         ) -> tuple[str | None, str | None]:
+    # The customer's own words may mention an older ticket ("похоже на [OV-…]"): only the
+    # subject and our earlier mail in the quoted history say which ticket this is for.
     regex = options.number_regex()
-    for source, haystack in (("subject", subject), ("new text", split.new_text),
-                             ("quoted text", split.quoted_text), ("text", full_text)):
+    for source, haystack in (("subject", subject), ("quoted text", split.quoted_text)):
         match = regex.search(haystack[:MAX_NUMBER_SCAN])
         if match:
             value = match.group(1) if regex.groups else match.group(0)

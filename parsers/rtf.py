@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from parsers.charsets import valid_unicode
+
 MAX_RTF_BYTES = 5_000_000
 
 _TOKEN = re.compile(
@@ -91,5 +93,6 @@ def rtf_to_text(rtf: bytes) -> str:
             flush()
             out.append(text.decode(codepage, "replace"))
     flush()
-    lines = "".join(out).replace("\r", "").split("\n")
+    # ``\u`` escapes are UTF-16 code units: pairs make one character, a lone one is invalid.
+    lines = valid_unicode("".join(out)).replace("\r", "").split("\n")
     return "\n".join(line.rstrip() for line in lines).strip("\n")

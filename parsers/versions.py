@@ -3,14 +3,16 @@ was found: a labelled line (``Версия ОС: …``, ``Browser: …``), free 
 10, хром 120``) or a pasted User-Agent string (read with ua-parser).
 
 A labelled line wins over free text, free text over a User-Agent (which cannot tell
-Windows 11 from 10); a version is taken only for the name that was chosen.
+Windows 11 from 10); a version is taken only for the name that was chosen. A labelled
+answer that names no known OS or browser (``ОС: не знаю``) is not taken: the field stays
+missing, so the acknowledgement asks for it, and the answer is kept in ``unrecognised``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import ua_parser
 
@@ -34,9 +36,14 @@ class Environment:
     product_version: Found | None = None
     browser: Found | None = None
     browser_version: Found | None = None
+    # Labelled answers that named nothing known, e.g. "labelled line 'ОС:' says 'не знаю'".
+    unrecognised: tuple[str, ...] = ()
 
     def missing(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self) if getattr(self, f.name) is None)
+        return tuple(name for name in FIELDS if getattr(self, name) is None)
+
+
+FIELDS = ("os", "os_version", "product", "product_version", "browser", "browser_version")
 
 
 _MACOS_NAMES = {"tahoe": "26", "sequoia": "15", "sonoma": "14", "ventura": "13",
@@ -49,8 +56,8 @@ _OS: list[tuple[str, str]] = [
                 r"виндовс\w*|винд[аеуыо]\b|винде\b|виндов[сз]\w*)\s*"
                 r"(?P<v>server\s*20(?:03|08|12|16|19|22|25)(?:\s*r2)?|xp|vista|8\.1|7|8|10|11)?"),
     ("macOS", r"(?:macos|mac\s?os(?:\s?x)?|os\s?x|макос|мак\s?ос)\s*"
-              r"(?P<v>\d{1,2}(?:\.\d{1,2}){0,2}|tahoe|sequoia|sonoma|ventura|monterey|"
-              r"big\s+sur|catalina|mojave|high\s+sierra)?"),
+              r"(?P<v>\d{1,2}(?:\.\d{1,2}){0,2}|(?:tahoe|sequoia|sonoma|ventura|monterey|"
+              r"big\s+sur|catalina|mojave|high\s+sierra)(?:\s+\d{1,2}(?:\.\d{1,2}){0,2})?)?"),
     ("Ubuntu", r"(?:[kxl]?ubuntu|убунту)(?:\s*linux)?\s*(?P<v>\d{2}\.\d{2}(?:\.\d{1,2})?)?"),
     ("Debian", r"(?:debian|дебиан)(?:\s*gnu/linux)?\s*(?P<v>\d{1,2}(?:\.\d{1,2})?)?"),
     ("CentOS", r"(?:centos|центос)(?:\s*(?:linux|stream))?\s*(?P<v>\d{1,2}(?:\.\d{1,4}){0,2})?"),
@@ -76,11 +83,17 @@ _BROWSERS: list[tuple[str, str]] = [
     ("Chrome", r"(?:google\s+)?(?:chrome|chromium|хром\w*|гугл\s?хром\w*)" + _V
                + r"(?P<v>\d{2,3}(?:\.\d{1,5}){0,3})?"),
     ("Firefox", r"(?:mozilla\s+)?(?:firefox|фаерфокс\w*|файрфокс\w*|ff(?=\s?\d))(?:\s*esr)?"
-                + _V + r"(?P<v>\d{2,3}(?:\.\d{1,3}){0,2})?"),
+                + _V + r"(?P<v>\d{2,3}(?:\.\d{1,3}){0,2})?(?:esr)?"),
     ("Safari", r"(?:safari|сафари)" + _V + r"(?P<v>\d{1,2}(?:\.\d{1,2}){0,2})?"),
 ]
 _PRODUCT_VERSION = r"(?P<v>\d{1,2}\.\d{1,3}(?:\.\d{1,5})?)"
+# "Version 3.2.1 of AgentZone": the version before the name.
+_VERSION_OF = (r"(?:version|версия|версии|вер\.?)\s*" + _PRODUCT_VERSION
+               + r"\s+(?:of\s+|для\s+)?")
+_OMNIVOX = r"(?:omni\s?vox|омни\s?вокс)\s*"
 _PRODUCTS: list[tuple[str, str]] = [
+    ("AgentZone", _VERSION_OF + f"(?:{_OMNIVOX})?" + r"(?:agent\s?zone|агент\s?зон\w*)"),
+    ("Chat", _VERSION_OF + _OMNIVOX + r"(?:chat|чат\w*)"),
     ("AgentZone", r"(?:omni\s?vox\s*|омни\s?вокс\s*)?(?:agent\s?zone|агент\s?зон\w*)" + _V
                   + r"\s*" + _PRODUCT_VERSION + "?"),
     ("Chat", r"(?:omni\s?vox|омни\s?вокс)\s*(?:chat|чат\w*)" + _V + r"\s*"
@@ -90,7 +103,7 @@ _PRODUCTS: list[tuple[str, str]] = [
 ]
 
 _OS_LABELS = (r"версия\s+ос|версия\s+операционной\s+системы|операционная\s+система|ос|"
-              r"os\s+version|operating\s+system|os|платформа|platform|система")
+              r"os\s+version|operating\s+system|os|платформа|platform")
 _BROWSER_LABELS = r"версия\s+браузера|браузер|browser\s+version|browser|web\s+browser"
 _PRODUCT_LABELS = (r"версия\s+omni\s?vox|omni\s?vox\s+version|версия\s+agent\s?zone|"
                    r"agent\s?zone\s+version|версия\s+chat|chat\s+version|версия\s+продукта|"
@@ -104,6 +117,7 @@ _LABELLED = re.compile(
 _USER_AGENT = re.compile(r"Mozilla/5\.0 \([^()\n]{1,300}\)[^\n]{0,400}")
 _ANY_VERSION = re.compile(r"\d{1,3}(?:\.\d{1,5}){0,3}")
 _STRICT_VERSION = re.compile(r"(?<![\d.])\d{1,2}\.\d{1,3}(?:\.\d{1,5})?(?![\d.]*\d)")
+_BARE_VERSION = re.compile(r"[vв]?\.?\s*\d{1,3}(?:\.\d{1,5}){0,3}\s*", re.I)
 
 
 class _Finder:
@@ -151,7 +165,12 @@ def _matches(finder: _Finder, text: str, rank: int, pos0: int,
                 "xp", "XP").replace("vista", "Vista")
             version = re.sub(r"\s+", " ", version)
         if name == "macOS" and version and not version[0].isdigit():
-            version = _MACOS_NAMES.get(re.sub(r"\s+", " ", version.lower()), version)
+            # "Sonoma 14.2": the number is more precise than the name.
+            release, _, number = re.sub(r"\s+", " ", version.lower()).rpartition(" ")
+            if number[:1].isdigit():
+                version = number
+            else:
+                version = _MACOS_NAMES.get(f"{release} {number}".strip(), version)
         snippet = source or f"free text '{_snippet(text, match.start(), match.end())}'"
         out.append(_Candidate(rank, pos0 + match.start(), name, version, snippet))
     return out
@@ -171,24 +190,31 @@ def extract(text: str, subject: str = "") -> Environment:
     br_c: list[_Candidate] = []
     pr_c: list[_Candidate] = []
 
+    unrecognised: list[str] = []
     for match in _LABELLED.finditer(text):
         label = next(v for k, v in match.groupdict().items() if v and k != "value")
         source = f"labelled line '{label.strip()}:'"
         value = match.group("value").strip()
         pos = match.start()
-        if match.group("os"):
-            found = _matches(_OS_RE, value, 0, pos, source)
-            os_c += found or [_Candidate(0, pos, value[:60], _first_version(value), source)]
-        elif match.group("browser"):
-            found = _matches(_BROWSER_RE, value, 0, pos, source)
-            br_c += found or [_Candidate(0, pos, value[:60], _first_version(value), source)]
+        if match.group("os") or match.group("browser"):
+            finder = _OS_RE if match.group("os") else _BROWSER_RE
+            found = _matches(finder, value, 0, pos, source)
+            if not found and _BARE_VERSION.fullmatch(value):
+                # "Версия ОС: 11": a version for the OS named elsewhere, not a name.
+                found = [_Candidate(0, pos, "", _first_version(value), source)]
+            elif not found:
+                unrecognised.append(f"{source} says {value[:60]!r}")
+            (os_c if match.group("os") else br_c).extend(found)
         else:
             found = _matches(_PRODUCT_RE, value, 0, pos, source)
             label_product = _product_from_label(label)
+            strict = _STRICT_VERSION.search(value)
+            version = strict.group(0) if strict else None
             if not found:
-                strict = _STRICT_VERSION.search(value)
-                version = strict.group(0) if strict else None
                 found = [_Candidate(0, pos, label_product, version, source)] if version else []
+            elif version and not any(c.version for c in found):
+                # "Версия OmniVOX: 4.1.2 (AgentZone)": the version stands before the name.
+                found = [_Candidate(c.rank, c.pos, c.name, version, c.source) for c in found]
             pr_c += [c if c.name else _Candidate(0, c.pos, label_product, c.version, c.source)
                      for c in found]
 
@@ -208,7 +234,16 @@ def extract(text: str, subject: str = "") -> Environment:
     os_name, os_version = _choose(os_c)
     browser, browser_version = _choose(br_c)
     product, product_version = _choose(pr_c, allow_unnamed_version=True)
-    return Environment(os_name, os_version, product, product_version, browser, browser_version)
+    return Environment(os_name, os_version, product, product_version, browser, browser_version,
+                       tuple(unrecognised))
+
+
+def mentions_environment(text: str) -> bool:
+    """Whether ``text`` names an OS, browser or product, or has a labelled system line."""
+    text = text[:MAX_SCAN_CHARS]
+    return _LABELLED.search(text) is not None or any(
+        next(finder.finditer(text), None) is not None
+        for finder in (_OS_RE, _BROWSER_RE, _PRODUCT_RE))
 
 
 def _product_from_label(label: str) -> str:
@@ -239,7 +274,10 @@ def _user_agent(agent: str, pos: int, os_c: list[_Candidate], br_c: list[_Candid
     source = f"user-agent '{agent[:60]}…'" if len(agent) > 60 else f"user-agent '{agent}'"
     ua = result.user_agent
     if ua is not None and ua.family in _UA_BROWSERS:
-        version = ".".join(p for p in (ua.major, ua.minor, ua.patch) if p)
+        version = ".".join(p for p in (ua.major, ua.minor, ua.patch, ua.patch_minor) if p)
+        # ua-parser drops the fourth part of some (YaBrowser/24.1.0.0): take it as written.
+        written = re.search(rf"/({re.escape(version)}(?:\.\d{{1,6}}){{0,3}})\b", agent)
+        version = written.group(1) if version and written else version
         br_c.append(_Candidate(2, pos, _UA_BROWSERS[ua.family], version or None, source))
     os = result.os
     if os is not None and os.family in _UA_OS:

@@ -556,7 +556,7 @@ def mime_breakage() -> None:
     add("deep_nesting", headers("Deep") + deep, {"warnings_contain": ["nesting"]})
     many = headers("Many parts") + "Content-Type: multipart/mixed; boundary=m\r\n\r\n" + "".join(
         f"--m\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n" for i in range(1500)) + "--m--\r\n"
-    add("many_parts", many, {"warnings_contain": ["more than 1000 MIME parts"],
+    add("many_parts", many, {"warnings_contain": ["more than 1000 MIME parts; the 501 remaining"],
                              "text_contains": ["part 0", "part 900"]})
 
 
@@ -708,7 +708,7 @@ def kinds_and_auto() -> None:
           "Ошибка. UA: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, "
           "like Gecko) Chrome/120.0.0.0 YaBrowser/24.1.0.0 Safari/537.36\nAgentZone 3.2\n",
           {"environment": {"os": "Windows", "os_version": "10", "browser": "Yandex Browser",
-                           "browser_version": "24.1.0", "product": "AgentZone",
+                           "browser_version": "24.1.0.0", "product": "AgentZone",
                            "product_version": "3.2"},
            "source_contains": {"browser": "user-agent"}})
     plain("free_text_astra", "Ошибка", "OmniVOX 3.2.1 on Astra 1.7, Firefox ESR 115\n",
@@ -769,12 +769,118 @@ def kinds_and_auto() -> None:
     add("read_receipt", raw, {"is_auto_reply": True, "bounce": False})
 
 
+def review_cases() -> None:
+    """The reviewer's mails of November 2026, each pinned as the desk must read it."""
+    add("utf7_lone_surrogates", headers("=?utf-7?Q?+2D0-?=") + "Content-Type: text/plain; "
+        "charset=utf-7\r\nContent-Transfer-Encoding: 7bit\r\n\r\n+2D3YPQ-\r\n",
+        {"subject": "\ufffd", "text": "\ufffd\ufffd"})
+    add("utf7_surrogate_pair", headers("=?utf-7?Q?+2D3eAA-?=") + "Content-Type: text/plain; "
+        "charset=utf-7\r\n\r\nOK +2D3eAA-\r\n", {"subject": "\U0001f600",
+                                                   "text": "OK \U0001f600"})
+    body = "Здравствуйте! Не работает AgentZone 4.1 у одного оператора.\n\n-- \nООО Ромашка"
+    head = headers("Error") + "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    # An MTA's footer in windows-1251 (NBSP, "№") after a UTF-8 body.
+    add("utf8_stray_cp1251_byte", head.encode() + body.encode() + b"\xa0\xb9 1\r\n",
+        {"new_text": "Здравствуйте! Не работает AgentZone 4.1 у одного оператора.",
+         "signature": "-- \nООО Ромашка\u00a0№ 1", "language": "ru", "kind": "incident",
+         "no_mojibake": True, "warnings_contain": ["not UTF-8"]})
+    add("utf8_stray_byte_undeclared", (headers("Error") + "\r\n").encode()
+        + "Здравствуйте, у нас ошибка в AgentZone 4.1 ".encode() + "ё".encode("cp1251"),
+        {"text": "Здравствуйте, у нас ошибка в AgentZone 4.1 ё", "language": "ru",
+         "no_mojibake": True})
+
+    plain("labelled_unknown_answers_ru", "Не работает очередь",
+          "Не работает очередь.\nОС: не знаю\nБраузер: последняя версия\n"
+          "Система: зависла после обновления\nВерсия OmniVOX: AgentZone 4.1\n",
+          {"missing": ["os", "os_version", "browser", "browser_version"],
+           "environment": {"product": "AgentZone", "product_version": "4.1"},
+           "warnings_contain": ["'ОС:' says 'не знаю'", "'Браузер:' says 'последняя версия'"]})
+    plain("labelled_unknown_answers_en", "Queue", "The queue is stuck.\nOS: -\n"
+          "Browser: Chrome 120\n", {"missing": ["os", "os_version", "product",
+                                                  "product_version"],
+                                      "warnings_contain": ["'OS:' says '-'"]})
+    plain("labelled_bare_os_version", "Очередь", "Windows у всех.\nВерсия ОС: 11\n",
+          {"environment": {"os": "Windows", "os_version": "11"},
+           "source_contains": {"os_version": "labelled line 'Версия ОС:'"}})
+    plain("product_version_before_name", "Ошибка", "Ошибка при входе.\n"
+          "Версия OmniVOX: 4.1.2 (AgentZone)\n",
+          {"environment": {"product": "AgentZone", "product_version": "4.1.2"}})
+    plain("product_version_of_name_en", "Login", "Login fails in version 3.2.1 of "
+          "AgentZone.\n", {"environment": {"product": "AgentZone",
+                                            "product_version": "3.2.1"}})
+
+    plain("thanks_before_versions_ru", "софтфон", "Добрый день!\nНе работает софтфон у "
+          "оператора.\nЗаранее спасибо!\nВерсия ОС: Windows 10\nБраузер: Chrome 120\n"
+          "Версия OmniVOX: AgentZone 4.1\n",
+          {"signature": "", "kind": "incident", "missing": [], "environment": {
+              "os": "Windows", "os_version": "10", "browser": "Chrome",
+              "browser_version": "120", "product": "AgentZone", "product_version": "4.1"}})
+    plain("thanks_before_request_en", "Login problem", "Hi team,\nThanks!\nAfter the update "
+          "agents can't log in to AgentZone 4.1.\nWindows 10, Chrome 120\n",
+          {"new_text_contains": ["agents can't log in to AgentZone 4.1."], "signature": "",
+           "kind": "incident", "missing": [], "language": "en"})
+    plain("versions_in_dash_signature", "Очередь", "Не обновляется очередь.\n-- \nИван "
+          "Петров, ООО Ромашка\nAgentZone 4.1, Windows 11, Chrome 120\n",
+          {"new_text": "Не обновляется очередь.", "signature_contains": ["ООО Ромашка"],
+           "missing": []})
+    plain("mobile_footer_is_not_the_os", "Очередь", "Не обновляется очередь у оператора."
+          "\n\nGet Outlook for Android\n",
+          {"signature": "Get Outlook for Android",
+           "missing": ["os", "os_version", "product", "product_version", "browser",
+                       "browser_version"]})
+
+    plain("attribution_bottom_posted_en", "Re: Chat", "On Tue, Nov 24, 2026 at 5:00 PM "
+          "Support <s@o.com> wrote:\n> Which browser?\n\nChrome 120 on Windows 11, still "
+          "broken.\n", {"new_text": "Chrome 120 on Windows 11, still broken.",
+                        "quoted_contains": ["> Which browser?"],
+                        "environment": {"browser": "Chrome", "os_version": "11"}})
+    plain("attribution_bottom_posted_ru", "Re: Чат", "24.11.2026 17:00, Поддержка пишет:\n"
+          "> Какой браузер?\n\nChrome 120 на Windows 11, всё ещё не работает.\n",
+          {"new_text": "Chrome 120 на Windows 11, всё ещё не работает.",
+           "quoted_contains": ["> Какой браузер?"], "language": "ru"})
+
+    plain("development_all_operators", "Feature request: export", "Hello,\nplease add a "
+          "button to export call reports for all operators at once.\nIt would be great.\n",
+          {"kind": "development_request", "priority": "P4"})
+    plain("development_tag_not_working", "[доработка] отчёты",
+          "Не работает выгрузка, добавьте кнопку.\n",
+          {"kind": "development_request", "priority": "P4"})
+    plain("incident_not_working_is_not_urgent", "Отчёт", "Не работает выгрузка отчёта у "
+          "одного оператора.\n", {"kind": "incident", "priority": "P2"})
+
+    plain("language_ru_latin_products", "x", "ОС: Astra Linux 1.7, браузер Firefox 115 ESR\n",
+          {"language": "ru", "environment": {"os": "Astra Linux", "os_version": "1.7",
+                                             "browser": "Firefox", "browser_version": "115"}})
+    plain("language_ru_server_clients", "x", "Сервер: Windows Server 2019, клиенты на "
+          "Windows 11 и Microsoft Edge 120\n", {"language": "ru"})
+
+    plain("number_in_new_text_of_new_mail", "Новая проблема",
+          "Похоже на [OV-2026-000100], но теперь другое: не работает чат.\n",
+          {"registration_number": None})
+    plain("number_in_quoted_outlook_subject", "RE: Ошибка", "Ещё вопрос по той же теме.\n\n"
+          "From: OmniVOX Support <support@omnivox.ru>\nSent: Tuesday, November 24, 2026 "
+          "5:00 PM\nTo: Ivan\nSubject: [OV-2026-000123] Ошибка\n\nГотово. См. [OV-2026-000999]"
+          "\n", {"registration_number": "OV-2026-000123"})
+
+    plain("macos_name_and_number", "x", "macOS Sonoma 14.2, Safari 17.2, OmniVOX Chat 2.4.1\n",
+          {"environment": {"os": "macOS", "os_version": "14.2", "browser": "Safari",
+                           "browser_version": "17.2", "product": "Chat",
+                           "product_version": "2.4.1"}})
+    plain("edge_user_agent_full_version", "x", "UA: Mozilla/5.0 (Windows NT 10.0; Win64; x64)"
+          " AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 "
+          "Edg/120.0.2210.91\n", {"environment": {"browser": "Edge",
+                                                  "browser_version": "120.0.2210.91"}})
+    plain("firefox_esr_suffix", "x", "Firefox ESR 115.6.0esr на Astra Linux\n",
+          {"environment": {"browser": "Firefox", "browser_version": "115.6.0"}})
+
+
 def main() -> None:
     clients()
     charset_accidents()
     mime_breakage()
     images_and_html()
     kinds_and_auto()
+    review_cases()
     OUT.mkdir(exist_ok=True)
     for old in OUT.glob("*.eml"):
         old.unlink()

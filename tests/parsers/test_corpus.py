@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from parsers import as_json, parse_mail, render_text
+from tests.parsers.unicode_check import assert_writable
 
 MAIL = Path(__file__).parent.parent / "data" / "mail"
 EXPECTED: dict[str, dict[str, object]] = json.loads(
@@ -32,7 +33,7 @@ def test_message_is_read_as_expected(name: str) -> None:
     got = as_json(parsed)
     assert not any(w.startswith("internal error") for w in parsed.warnings), parsed.warnings
     assert render_text(parsed)
-    json.dumps(got)
+    assert_writable(parsed)
     for key in EXACT:
         if key in expect:
             assert got[key] == expect[key], key

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parsers import parse_mail
+from tests.parsers.unicode_check import assert_writable
 
 WORDS = ("здравствуйте", "ошибка", "не", "работает", "очередь", "оператор", "звонок", "чат",
          "после", "обновления", "Windows", "AgentZone", "error", "agent", "queue", "the",
@@ -69,6 +70,7 @@ def test_text_and_files_survive_any_structure(texts: list[tuple[bytes, str]],
     if newline == "\n":
         raw = raw.replace(b"\r\n", b"\n")
     parsed = parse_mail(raw)
+    assert_writable(parsed)
     for _, words in texts:
         assert words in parsed.text
     expected = {hashlib.sha256(data).hexdigest() for _, data in files}

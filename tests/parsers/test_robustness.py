@@ -3,7 +3,6 @@ breakage is handled."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -14,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import parsers.request
-from parsers import ParseOptions, as_json, parse_mail
+from parsers import ParseOptions, parse_mail
 from parsers.classify import ClassifyRules
+from tests.parsers.unicode_check import assert_writable
 
 MAIL = Path(__file__).parent.parent / "data" / "mail"
 SEEDS = [p.read_bytes() for p in sorted(MAIL.glob("*.eml"))]
@@ -26,6 +26,8 @@ FRAGMENTS = [
     b"filename*0*=utf-8''%D0", b"begin 644 x\n", b"\nend\n", b"<blockquote>", b"<div>" * 50,
     b"\xff\xfe", b"\xd0", b"data:image/png;base64,iVBORw0KGgo=", b"\x78\x9f\x3e\x22",
     b"-----BEGIN PGP SIGNED MESSAGE-----\n", b"> ", b"On Mon wrote:\n", b"\x00",
+    b"Content-Type: text/plain; charset=utf-7\r\n", b"+2D3YPQ-", b"=?utf-7?Q?+2D0-?=",
+    b"+2D3eAA-", rb"{\rtf1 \u-10179?}",
 ]
 
 
@@ -65,7 +67,7 @@ def generated(rng: random.Random) -> bytes:
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     result = parse_mail(raw)
     assert not _internal_error(result)
-    as_json(result)
+    assert_writable(result)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,13 +75,16 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
 def test_mutated_corpus_messages_never_raise(seed: bytes, rng: random.Random) -> None:
     result = parse_mail(mutate(rng, seed))
     assert not _internal_error(result)
+    assert_writable(result)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(FRAGMENTS), max_size=60), st.text(max_size=200))
 def test_structured_fragments_never_raise(fragments: list[bytes], text: str) -> None:
     raw = b"".join(fragments) + text.encode("utf-8", "surrogatepass")
-    assert not _internal_error(parse_mail(raw))
+    result = parse_mail(raw)
+    assert not _internal_error(result)
+    assert_writable(result)
 
 
 def test_fuzz_ten_thousand_messages_each_under_a_second() -> None:
@@ -94,7 +99,7 @@ def test_fuzz_ten_thousand_messages_each_under_a_second() -> None:
         slowest = max(slowest, elapsed)
         assert elapsed < 1.0, raw[:200]
         assert not _internal_error(result), result.warnings
-        json.dumps(as_json(result))
+        assert_writable(result)
     assert time.monotonic() - started < 90
     assert slowest < 1.0
 
@@ -161,7 +166,7 @@ def test_25_mb_attachment_peak_memory_below_four_times_its_size() -> None:
 
 
 def test_registration_number_prefix_and_pattern_are_configurable() -> None:
-    raw = "Subject: Re: [HD-2026-42] ошибка\r\n\r\n[OV-2026-000001]".encode()
+    raw = "Subject: Re: [HD-2026-42] ошибка\r\n\r\nДа.\r\n> [OV-2026-000001]".encode()
     assert parse_mail(raw).registration_number == "OV-2026-000001"
     assert parse_mail(raw, options=ParseOptions(number_prefix="HD")).registration_number == (
         "HD-2026-42")
