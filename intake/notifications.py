@@ -1,0 +1,69 @@
+"""Wiring from settings to the outbox workers: customer mail, and staff Telegram chats."""
+
+from __future__ import annotations
+
+from telegram import Bot
+
+from intake.config import OutboundSmtpSettings, Settings, read_secret
+from notifiers.email import EmailChannel, PreparedMail, Sender
+from notifiers.outbox import OutboxWorker
+from notifiers.policy import MailPolicy
+from notifiers.render import environment
+from notifiers.telegram import PreparedPost, TelegramChannel
+from notifiers.transports import FolderTransport, SmtpSettings, SmtpTransport, Transport
+from storage.db import Database
+
+
+def smtp_settings(smtp: OutboundSmtpSettings) -> SmtpSettings:
+    secret = {"password": smtp.password, "xoauth2": smtp.token}.get(smtp.auth)
+    return SmtpSettings(
+        host=smtp.host,
+        port=smtp.port,
+        security=smtp.security,
+        username=smtp.username,
+        auth=smtp.auth,
+        read_secret=None if secret is None else (lambda: read_secret(secret)),
+        timeout=smtp.timeout,
+    )
+
+
+def email_worker(settings: Settings, db: Database) -> OutboxWorker[PreparedMail]:
+    outbound = settings.outbound
+    transport: Transport
+    if outbound.transport == "smtp":
+        transport = SmtpTransport(smtp_settings(outbound.smtp))
+    else:
+        transport = FolderTransport(outbound.folder)
+    channel = EmailChannel(
+        transport,
+        environment(outbound.templates_dir),
+        sender=Sender(outbound.from_address),
+        policy=MailPolicy(rate_limit_per_hour=outbound.rate_limit_per_hour),
+    )
+    return OutboxWorker(db, channel, max_attempts=outbound.max_attempts, workers=outbound.workers)
+
+
+def telegram_worker(settings: Settings, db: Database) -> OutboxWorker[PreparedPost] | None:
+    telegram = settings.telegram
+    if not telegram.enabled or telegram.token is None:
+        return None
+    bot = Bot(read_secret(telegram.token), base_url=f"{telegram.base_url}/bot")
+    channel = TelegramChannel(
+        bot,
+        environment(settings.outbound.templates_dir),
+        support_address=settings.outbound.from_address,
+    )
+    return OutboxWorker(db, channel, max_attempts=telegram.max_attempts)
+
+
+def notification_services(
+    settings: Settings, db: Database
+) -> list[OutboxWorker[PreparedMail] | OutboxWorker[PreparedPost]]:
+    """The email worker always (the folder transport is the embedded default); Telegram's
+    when it is enabled."""
+    telegram = telegram_worker(settings, db)
+    return [email_worker(settings, db), *([telegram] if telegram is not None else [])]
+
+
+def staff_chats(settings: Settings) -> tuple[int, ...]:
+    return settings.telegram.chat_ids if settings.telegram.enabled else ()
