@@ -1,0 +1,198 @@
+"""Webhook throughput and latency: ``.venv/bin/python bench/webhooks.py``.
+
+Serves the generic CTI endpoint (the real app: token check, inbound store, call record,
+missed-call tickets) on SQLite on a loopback port, and from a separate process posts call
+triples (newCall, answer, hangup) at full speed over a fixed number of connections. Then
+the same load against a bare aiohttp handler that only answers 200. Prints events/s and
+p50/p99 latency of each, and the ratio. Bounded by --calls and --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiohttp import ClientSession, TCPConnector, web
+
+from intake.http import PROCESS_EVENTS, WORKER
+
+TOKEN = "bench-token"  # noqa: S105 -- a throw-away token of the benchmark's own server
+
+
+# --- the load (runs in its own process) ------------------------------------------------------
+
+
+async def _load(url: str, calls: int, concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    next_call = iter(range(calls))
+    deadline = time.perf_counter() + seconds
+
+    async def caller(session: ClientSession) -> None:
+        for n in next_call:
+            if time.perf_counter() > deadline:
+                return
+            base = {
+                "from": f"+7916{n % 10_000_000:07d}",
+                "to": "+74951112233",
+                "direction": "in",
+                "callId": f"bench-{os.getpid()}-{n}",
+            }
+            # Every fifth call is missed: it registers a ticket.
+            steps = [{"event": "newCall"}]
+            if n % 5:
+                steps.append({"event": "answer", "user": "anna"})
+            steps.append({"event": "hangup", "cause": "normalClearing" if n % 5 else "noAnswer"})
+            for step in steps:
+                started = time.perf_counter()
+                async with session.post(url, json={**base, **step}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{response.status} for {step}")
+                latencies.append(time.perf_counter() - started)
+
+    connector = TCPConnector(limit=concurrency)
+    async with ClientSession(connector=connector) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(caller(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "events": len(latencies),
+        "seconds": elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1],
+    }
+
+
+def _run_load(url: str, args: argparse.Namespace) -> dict[str, float]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--load",
+            url,
+            "--calls",
+            str(args.calls),
+            "--concurrency",
+            str(args.concurrency),
+            "--seconds",
+            str(args.seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(result.stdout))
+
+
+# --- the servers ------------------------------------------------------------------------------
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+async def _intake_app(state: Path, process_events: bool) -> web.Application:
+    from intake.app import desk_rules
+    from intake.config import Settings
+    from intake.desk import Desk
+    from intake.http import create_app, http_context
+    from storage.db import Database
+    from storage.migrate import upgrade
+
+    os.environ["BENCH_CTI_TOKEN"] = TOKEN
+    settings = Settings.model_validate(
+        {
+            "daemon": {"state_dir": str(state)},
+            "telephony": {"generic": {"enabled": True, "token_env": "BENCH_CTI_TOKEN"}},
+        }
+    )
+    db = Database.from_url(settings.storage.sqlalchemy_url, pool_size=settings.storage.pool_size)
+    upgrade(db.engine)
+    return create_app(
+        http_context(settings, db, Desk(desk_rules(settings))), process_events=process_events
+    )
+
+
+async def _bare_app() -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="{}", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/cti/{token}", ok)
+    return app
+
+
+async def _measure(app: web.Application, args: argparse.Namespace) -> dict[str, float]:
+    runner, port = await _serve(app)
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/cti/{TOKEN}"
+        began = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(None, _run_load, url, args)
+        if WORKER in app and app[PROCESS_EVENTS]:
+            # Acknowledged means stored; the calls and tickets follow. Until when?
+            await app[WORKER].idle.wait()
+            result["processed_after_s"] = time.perf_counter() - began
+        return result
+    finally:
+        await runner.cleanup()
+
+
+def _line(name: str, result: dict[str, float]) -> str:
+    rate = result["events"] / result["seconds"]
+    return (
+        f"{name:<22} {int(result['events']):>7} events  {rate:>8.0f} events/s  "
+        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
+    )
+
+
+async def _main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as state:
+        intake = await _measure(await _intake_app(Path(state), not args.ingest_only), args)
+    bare = await _measure(await _bare_app(), args)
+    print(_line("intake generic CTI", intake))
+    if "processed_after_s" in intake:
+        print(
+            f"{'':<22} all stored events processed (calls, missed-call tickets) "
+            f"{intake['processed_after_s']:.1f} s after the load began"
+        )
+    print(_line("bare aiohttp 200", bare))
+    ratio = (intake["events"] / intake["seconds"]) / (bare["events"] / bare["seconds"])
+    print(f"intake / bare: {ratio:.0%}   (targets: >= 1500 events/s, p99 < 50 ms, >= 50%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=5000, help="call triples at most")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time bound per run")
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="keep and acknowledge only; the events are not acted on",
+    )
+    parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        print(json.dumps(asyncio.run(_load(args.load, args.calls, args.concurrency, args.seconds))))
+        return
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

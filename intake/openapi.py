@@ -1,0 +1,144 @@
+"""The OpenAPI document of every HTTP endpoint, served at ``/api/openapi.json``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from intake.operators import CallLog
+from intake.sources.telephony.base import TelephonyAdapter
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_TOO_LARGE = {
+    "description": "The body is over [http] max_body_size",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _webhook_operation(
+    adapter: TelephonyAdapter, summary: str, path: str, consumes: Sequence[str]
+) -> dict[str, Any]:
+    form = {"type": "object", "additionalProperties": {"type": "string"}}
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "tags": ["telephony"],
+        "operationId": f"{adapter.name}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
+        "description": adapter.description,
+        "responses": {
+            "200": {
+                "description": "Stored (or a probe answered); the provider's expected answer",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            },
+            "401": _json(_ERROR, "Not signed or authorised by the provider"),
+            "413": _TOO_LARGE,
+            "422": _json(_ERROR, "Not an event of this provider; the reason says why"),
+            "503": _json(_ERROR, "Storage unavailable; the provider should retry"),
+        },
+    }
+    if consumes:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                media: {"schema": {"type": "object"} if media == "application/json" else form}
+                for media in consumes
+            },
+        }
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def openapi_document(adapters: Sequence[TelephonyAdapter]) -> dict[str, Any]:
+    call_log = CallLog.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = call_log.pop("$defs", {})
+    schemas["CallLog"] = call_log
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    }
+    schemas["FieldErrors"] = {
+        "type": "object",
+        "required": ["errors"],
+        "properties": {"errors": {"type": "object", "additionalProperties": {"type": "string"}}},
+    }
+    registered = {
+        "type": "object",
+        "required": ["number", "created"],
+        "properties": {"number": {"type": "string"}, "created": {"type": "boolean"}},
+    }
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"type": "string"}},
+                        },
+                        "The daemon answers",
+                    )
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document")},
+            }
+        },
+        "/api/v1/calls": {
+            "post": {
+                "summary": "An operator logs what a caller said",
+                "operationId": "log_call",
+                "tags": ["operators"],
+                "security": [{"operator": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/CallLog"}}
+                    },
+                },
+                "responses": {
+                    "200": _json(registered, "Added to the ticket named"),
+                    "201": _json(registered, "A ticket registered"),
+                    "401": _json(_ERROR, "No valid operator token"),
+                    "413": _TOO_LARGE,
+                    "422": _json(
+                        {"$ref": "#/components/schemas/FieldErrors"},
+                        "Each field that is wrong, and why",
+                    ),
+                },
+            }
+        },
+    }
+    for adapter in adapters:
+        for route in adapter.routes:
+            paths.setdefault(route.path, {})[route.method.lower()] = _webhook_operation(
+                adapter, route.summary, route.path, route.consumes
+            )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "OmniVOX Intake", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"operator": {"type": "http", "scheme": "bearer"}},
+        },
+    }

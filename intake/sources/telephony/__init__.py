@@ -1,0 +1,1 @@
+"""Telephony: PBX and VoIP providers' call events, one adapter module per provider."""

@@ -1,0 +1,176 @@
+"""The contract between the HTTP edge and a provider adapter, and the request it sees.
+
+An adapter is pure: it gets the received request (method, URL, headers, raw body) and the
+time, checks the provider's signature, and says which call events the request carries,
+what identifies this delivery, and what to answer. Storage and the desk are not its business.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+from intake.sources.telephony.model import CallEvent
+
+
+class WebhookError(Exception):
+    """The request is refused; ``reason`` is told to the peer (never a secret)."""
+
+    status = 422
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Unauthorized(WebhookError):
+    status = 401
+
+
+class Invalid(WebhookError):
+    status = 422
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes = b"{}"
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Reply:
+        return cls(status, json.dumps(value).encode())
+
+    @classmethod
+    def text(cls, value: str, status: int = 200) -> Reply:
+        return cls(status, value.encode(), "text/plain")
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """What a verified request means."""
+
+    reply: Reply
+    # What identifies this delivery in the inbound store; None: nothing to keep (a probe).
+    source_ref: str | None = None
+    events: tuple[CallEvent, ...] = ()
+    # Kept but not acted on, and why (an event kind the desk has no use for, a blocked caller).
+    ignored: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    method: str
+    # The URL as the provider addressed it (after any configured public base URL).
+    url: str
+    route: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    match_info: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+
+    def form(self) -> list[tuple[str, str]]:
+        """The fields of a urlencoded or multipart body, in order; Invalid otherwise."""
+        if self.content_type == "multipart/form-data":
+            return _multipart_fields(self.header("Content-Type") or "", self.body)
+        try:
+            text = self.body.decode("utf-8")
+            return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+        except (UnicodeDecodeError, ValueError):
+            raise Invalid("the body is not a form (application/x-www-form-urlencoded)") from None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, ValueError):
+            raise Invalid("the body is not JSON") from None
+
+    # The inbound store keeps the request as received, minus what authenticates it.
+    _KEPT_OUT = frozenset({"authorization", "cookie"})
+
+    def to_raw(self) -> bytes:
+        # The route, not the URL: a generic CTI URL carries its token.
+        query = urlencode(list(self.query.items()))
+        head = [f"{self.method} {self.route}{'?' + query if query else ''}"]
+        head += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._KEPT_OUT]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + self.body
+
+    @classmethod
+    def from_raw(cls, raw: bytes, *, route: str) -> WebhookRequest:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        first, *lines = head.decode("utf-8").split("\r\n")
+        method, _, target = first.partition(" ")
+        headers = dict(line.split(": ", 1) for line in lines)
+        query = dict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
+        return cls(method, target, route, query, headers, body)
+
+
+def _multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    message = parser.parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    if not message.is_multipart():
+        raise Invalid("the body is not multipart/form-data")
+    fields = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            raise Invalid("a multipart part has no field name")
+        fields.append((name, payload.decode(part.get_content_charset() or "utf-8", "replace")))
+    return fields
+
+
+def equal(given: str | bytes, expected: str | bytes) -> bool:
+    """Constant-time comparison, so that timing does not tell how much of a secret matched."""
+    a = given.encode() if isinstance(given, str) else given
+    b = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(a, b)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    # Request media types, for the OpenAPI document.
+    consumes: tuple[str, ...] = ("application/x-www-form-urlencoded",)
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    default_region: str
+
+
+class TelephonyAdapter(Protocol):
+    name: str
+    description: str
+    routes: Sequence[Route]
+
+    def verify(self, request: WebhookRequest, now: float) -> None:
+        """Unauthorized unless the request comes from the provider (``now``: unix time)."""
+
+    def normalise(self, request: WebhookRequest) -> Normalised:
+        """What the request means; Invalid with a reason if it makes no sense."""
+
+
+class AdapterFactory(Protocol):
+    """What the ``intake.sources`` entry point names: builds the adapter from its table."""
+
+    name: str
+    description: str
+
+    def __call__(self, settings: Any, context: AdapterContext) -> TelephonyAdapter: ...

@@ -1,0 +1,151 @@
+"""Generic CTI, compatible with Zammad's: a PBX set up for Zammad only changes the host.
+
+The PBX posts ``newCall``, ``answer`` and ``hangup`` to ``/api/v1/cti/<token>`` as a form
+(``user[]`` for several users) or JSON. An optional body signature, on when a secret is
+configured: ``X-Telephony-Timestamp`` (unix seconds) and ``X-Telephony-Signature:
+v1=<base64url(HMAC-SHA256(secret, timestamp + "." + body))>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from intake.config import GenericCtiSettings
+from intake.sources.telephony.base import (
+    AdapterContext,
+    Invalid,
+    Normalised,
+    Reply,
+    Route,
+    Unauthorized,
+    WebhookRequest,
+    equal,
+)
+from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind, e164
+from storage.models import CallDirection, CallOutcome
+
+REPLAY_WINDOW = 300
+
+EVENTS = {"newCall": EventKind.RINGING, "answer": EventKind.ANSWERED, "hangup": EventKind.ENDED}
+DIRECTIONS = {"in": CallDirection.IN, "out": CallDirection.OUT}
+# Zammad's hangup causes. normalClearing says nothing about whether anyone answered: the
+# call's own history decides that.
+CAUSES: Mapping[str, CallOutcome | None] = {
+    "normalClearing": None,
+    "busy": CallOutcome.BUSY,
+    "cancel": CallOutcome.CANCELLED,
+    "noAnswer": CallOutcome.MISSED,
+    "congestion": CallOutcome.FAILED,
+    "notFound": CallOutcome.FAILED,
+    "forwarded": CallOutcome.ANSWERED,
+}
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header's value (base64url, unpadded)."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "v1=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+
+
+class GenericCti:
+    name = "generic"
+    description = "Generic CTI (Zammad-compatible): newCall / answer / hangup"
+
+    def __init__(self, settings: GenericCtiSettings, context: AdapterContext) -> None:
+        if settings.token is None:
+            raise ValueError("needs token_env or token_credential")
+        self.token = settings.token.read()
+        self.secret = settings.signature_secret.read() if settings.signature_secret else None
+        self.region = context.default_region
+        self.blocked = frozenset(e164(n, self.region) or n for n in settings.blocked_numbers)
+        self.routes = (
+            Route(
+                "POST",
+                "/api/v1/cti/{token}",
+                "Call event from a PBX (Zammad Generic CTI)",
+                ("application/x-www-form-urlencoded", "application/json"),
+            ),
+        )
+
+    def verify(self, request: WebhookRequest, now: float) -> None:
+        if not equal(request.match_info.get("token", ""), self.token):
+            raise Unauthorized("unknown token")
+        if self.secret is None:
+            return
+        timestamp = request.header("X-Telephony-Timestamp") or ""
+        given = request.header("X-Telephony-Signature") or ""
+        if not timestamp.isdigit() or not given:
+            raise Unauthorized("X-Telephony-Timestamp and X-Telephony-Signature are required")
+        if abs(now - int(timestamp)) > REPLAY_WINDOW:
+            raise Unauthorized("X-Telephony-Timestamp is outside the 300 s window")
+        if not equal(given.rstrip("="), sign(self.secret, timestamp, request.body)):
+            raise Unauthorized("X-Telephony-Signature does not match the body")
+
+    def normalise(self, request: WebhookRequest) -> Normalised:
+        fields = _fields(request)
+        event = _one(fields, "event")
+        kind = EVENTS.get(event)
+        if kind is None:
+            raise Invalid(f"unknown event '{event}' (newCall, answer, hangup)")
+        direction = DIRECTIONS.get(_one(fields, "direction"))
+        if direction is None:
+            raise Invalid("direction must be 'in' or 'out'")
+        call_id = _one(fields, "callId")
+        if not call_id:
+            raise Invalid("callId is required")
+        users = [u for u in _many(fields, "user") if u]
+        cause = _one(fields, "cause") or None
+        call = CallEvent(
+            provider=self.name,
+            call_id=call_id,
+            kind=kind,
+            sequence=KIND_SEQUENCE[kind],
+            direction=direction,
+            from_number=_one(fields, "from"),
+            to_number=_one(fields, "to"),
+            agent=", ".join(users) or _one(fields, "answeringNumber") or None,
+            queue=_one(fields, "queue") or None,
+            outcome=CAUSES.get(cause) if cause else None,
+            cause=cause,
+        )
+        source_ref = f"{call_id}:{event}"
+        caller = e164(call.caller, self.region) or call.caller
+        if kind is EventKind.RINGING and direction is CallDirection.IN and caller in self.blocked:
+            return Normalised(
+                Reply.json({"action": "reject", "reason": "busy"}),
+                source_ref,
+                ignored=f"blocked number {caller}",
+            )
+        return Normalised(Reply.json({}), source_ref, (call,))
+
+
+def _fields(request: WebhookRequest) -> dict[str, list[str]]:
+    if request.content_type == "application/json":
+        data = request.json()
+        if not isinstance(data, dict):
+            raise Invalid("the JSON body must be an object")
+        return {key: _strings(key, value) for key, value in data.items()}
+    fields: dict[str, list[str]] = {}
+    for key, value in request.form():
+        fields.setdefault(key.removesuffix("[]"), []).append(value)
+    return fields
+
+
+def _strings(key: str, value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
+        raise Invalid(f"{key} must be a string or a list of strings")
+    return [str(v) for v in values]
+
+
+def _one(fields: Mapping[str, list[str]], key: str) -> str:
+    values = fields.get(key) or [""]
+    return values[0].strip()
+
+
+def _many(fields: Mapping[str, list[str]], key: str) -> list[str]:
+    return [v.strip() for v in fields.get(key, [])]

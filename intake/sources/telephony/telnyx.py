@@ -1,0 +1,108 @@
+"""Telnyx Call Control webhooks: JSON, signed with Ed25519 over ``"{timestamp}|{body}"``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from intake.config import TelnyxSettings
+from intake.sources.telephony.base import (
+    AdapterContext,
+    Invalid,
+    Normalised,
+    Reply,
+    Route,
+    Unauthorized,
+    WebhookRequest,
+)
+from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
+from storage.models import CallDirection, CallOutcome
+
+REPLAY_WINDOW = 300
+EVENTS = {
+    "call.initiated": EventKind.RINGING,
+    "call.answered": EventKind.ANSWERED,
+    "call.hangup": EventKind.ENDED,
+}
+CAUSES = {
+    "normal_clearing": None,
+    "user_busy": CallOutcome.BUSY,
+    "call_rejected": CallOutcome.BUSY,
+    "originator_cancel": CallOutcome.CANCELLED,
+    "timeout": CallOutcome.MISSED,
+    "time_limit": CallOutcome.MISSED,
+}
+
+
+class Telnyx:
+    name = "telnyx"
+    description = "Telnyx Call Control webhooks"
+    routes = (
+        Route("POST", "/api/v1/telephony/telnyx", "Telnyx call event", ("application/json",)),
+    )
+
+    def __init__(self, settings: TelnyxSettings, context: AdapterContext) -> None:
+        if settings.public_key is None:
+            raise ValueError("needs public_key")
+        self.key = VerifyKey(base64.b64decode(settings.public_key))
+
+    def verify(self, request: WebhookRequest, now: float) -> None:
+        timestamp = request.header("telnyx-timestamp") or ""
+        given = request.header("telnyx-signature-ed25519") or ""
+        if not timestamp.isdigit() or not given:
+            raise Unauthorized("telnyx-timestamp and telnyx-signature-ed25519 are required")
+        if abs(now - int(timestamp)) > REPLAY_WINDOW:
+            raise Unauthorized("telnyx-timestamp is outside the 300 s window")
+        try:
+            self.key.verify(timestamp.encode() + b"|" + request.body, base64.b64decode(given))
+        except (BadSignatureError, binascii.Error, ValueError):
+            raise Unauthorized("telnyx-signature-ed25519 does not match the body") from None
+
+    def normalise(self, request: WebhookRequest) -> Normalised:
+        body = request.json()
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
+            raise Invalid('expected {"data": {"event_type", "payload"}}')
+        payload: dict[str, Any] = data["payload"]
+        event_id = str(data.get("id") or "")
+        if not event_id:
+            raise Invalid("data.id is required")
+        kind = EVENTS.get(str(data.get("event_type")))
+        if kind is None:
+            return Normalised(Reply.json({}), event_id, ignored=f"event {data.get('event_type')}")
+        call_id = str(payload.get("call_session_id") or payload.get("call_leg_id") or "")
+        if not call_id:
+            raise Invalid("data.payload.call_session_id is required")
+        cause = payload.get("hangup_cause")
+        event = CallEvent(
+            provider=self.name,
+            call_id=call_id,
+            kind=kind,
+            sequence=KIND_SEQUENCE[kind],
+            direction=CallDirection.IN
+            if payload.get("direction") == "incoming"
+            else CallDirection.OUT,
+            from_number=str(payload.get("from") or ""),
+            to_number=str(payload.get("to") or ""),
+            occurred_at=_time(data.get("occurred_at")),
+            started_at=_time(payload.get("start_time")),
+            ended_at=_time(payload.get("end_time")),
+            outcome=CAUSES.get(cause, CallOutcome.FAILED) if isinstance(cause, str) else None,
+            cause=cause if isinstance(cause, str) else None,
+        )
+        return Normalised(Reply.json({}), event_id, (event,))
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid(f"not a time: '{value}'") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from intake.config import Settings
+from intake.desk import Desk
+from intake.http import WORKER, create_app, http_context
+from storage.db import Database
+from tests.intake.conftest import RULES
+
+CTI_TOKEN = "cti-token-0123456789"
+CTI_SECRET = "cti-signature-secret"
+OPERATOR_TOKEN = "operator-anna-token"
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def telephony_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTI_TOKEN", CTI_TOKEN)
+    monkeypatch.setenv("CTI_SECRET", CTI_SECRET)
+    monkeypatch.setenv("OPERATOR_ANNA_TOKEN", OPERATOR_TOKEN)
+
+
+def settings_with(telephony: dict[str, Any] | None = None, **http: Any) -> Settings:
+    generic = {"enabled": True, "token_env": "CTI_TOKEN", "blocked_numbers": ["+7 495 000-00-00"]}
+    return Settings.model_validate(
+        {
+            "telephony": {"generic": generic, **(telephony or {})},
+            "http": {"operators": [{"name": "anna", "token_env": "OPERATOR_ANNA_TOKEN"}], **http},
+            "storage": {"url": "sqlite://"},
+        }
+    )
+
+
+@pytest.fixture
+def make_client(db: Database, telephony_env: None, aiohttp_client: Any) -> ClientFactory:
+    async def make(settings: Settings | None = None) -> TestClient[Any, Any]:
+        context = http_context(settings or settings_with(), db, Desk(RULES))
+        app = create_app(context, process_events=False)
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return make
+
+
+async def processed(client: TestClient[Any, Any]) -> None:
+    """Act on every call event stored so far, as the app's worker does."""
+    await client.app[WORKER].drain()

@@ -1,0 +1,310 @@
+"""The generic (Zammad-compatible) CTI adapter, end to end over HTTP into the desk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from sqlalchemy import func, select
+
+from intake.desk import Desk
+from intake.directory import add_customer
+from intake.http import WORKER, create_app, http_context
+from intake.sources.telephony.generic import sign
+from storage import inbound
+from storage.db import Database
+from storage.models import (
+    Call,
+    CallOutcome,
+    CallState,
+    Channel,
+    Contact,
+    InboundItem,
+    InboundState,
+    JournalEntry,
+    Priority,
+    Ticket,
+)
+from tests.intake.conftest import RULES, Seed, register
+from tests.intake.telephony.conftest import (
+    CTI_SECRET,
+    CTI_TOKEN,
+    ClientFactory,
+    processed,
+    settings_with,
+)
+
+URL = f"/api/v1/cti/{CTI_TOKEN}"
+CALLER = "+7 (916) 123-45-67"
+CALLER_E164 = "+79161234567"
+
+
+def event(name: str, call_id: str = "c-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "event": name,
+        "from": CALLER,
+        "to": "+74951112233",
+        "direction": "in",
+        "callId": call_id,
+        **extra,
+    }
+
+
+async def post(client: TestClient[Any, Any], body: dict[str, Any], **kw: Any) -> Any:
+    response = await client.post(URL, json=body, **kw)
+    await processed(client)
+    return response.status, await response.json()
+
+
+def tickets(db: Database) -> list[Ticket]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Ticket).order_by(Ticket.id)))
+
+
+def the_call(db: Database, call_id: str = "c-1") -> Call:
+    with db.transaction() as session:
+        return session.scalars(select(Call).where(Call.call_id == call_id)).one()
+
+
+async def test_answered_call_as_json_is_recorded_and_waits_for_the_operators_log(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+
+    for name, extra in (
+        ("newCall", {}),
+        ("answer", {"user": "anna"}),
+        ("hangup", {"cause": "normalClearing"}),
+    ):
+        assert await post(client, event(name, **extra)) == (200, {})
+
+    call = the_call(db)
+    assert (call.state, call.outcome, call.agent) == (CallState.ENDED, CallOutcome.ANSWERED, "anna")
+    assert call.from_number == CALLER_E164
+    assert call.answered_at is not None
+    assert call.ended_at is not None
+    assert tickets(db) == []
+    with db.transaction() as session:
+        states = session.scalars(
+            select(InboundItem.state).where(InboundItem.source == "telephony:generic")
+        )
+        assert list(states) == [InboundState.DONE] * 3
+
+
+async def test_form_body_with_user_array_names_every_user(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    form = [*event("newCall").items(), ("user[]", "anna"), ("user[]", "boris")]
+
+    response = await client.post(URL, data=form)
+    await processed(client)
+
+    assert response.status == 200
+    assert await response.json() == {}
+    assert the_call(db).agent == "anna, boris"
+
+
+async def test_missed_call_registers_exactly_one_ticket_and_notifies_the_staff(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+
+    await post(client, event("newCall"))
+    await post(client, event("hangup", cause="noAnswer"))
+    await post(client, event("hangup", cause="noAnswer"))
+
+    (ticket,) = tickets(db)
+    assert ticket.subject == f"Missed call from {CALLER_E164}"
+    assert (ticket.channel, ticket.priority) == (Channel.PHONE, Priority.P2)
+    call = the_call(db)
+    assert (call.outcome, call.cause, call.ticket_id) == (CallOutcome.MISSED, "noAnswer", ticket.id)
+    with db.transaction() as session:
+        actions = session.scalars(
+            select(JournalEntry.action).where(JournalEntry.ticket_id == ticket.id)
+        )
+        assert "missed_call" in list(actions)
+
+
+async def test_missed_call_of_a_caller_with_an_open_ticket_is_journaled_on_it(
+    db: Database, make_client: ClientFactory, seed: Seed
+) -> None:
+    with db.transaction() as session:
+        session.get_one(Contact, seed.contact_id).phone = CALLER_E164
+    open_ticket = register(db, Desk(RULES), seed)
+    client = await make_client()
+
+    await post(client, event("newCall"))
+    await post(client, event("hangup", cause="busy"))
+
+    assert [t.number for t in tickets(db)] == [open_ticket.number]
+    assert the_call(db).ticket_id == open_ticket.id
+    with db.transaction() as session:
+        missed = session.scalars(
+            select(JournalEntry).where(
+                JournalEntry.ticket_id == open_ticket.id, JournalEntry.action == "missed_call"
+            )
+        ).one()
+    assert missed.details["outcome"] == "busy"
+
+
+async def test_duplicate_and_late_events_change_nothing(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    await post(client, event("newCall"))
+    await post(client, event("hangup", cause="cancel"))
+    before = the_call(db)
+
+    assert await post(client, event("hangup", cause="cancel")) == (200, {})
+    assert await post(client, event("answer", user="late")) == (200, {})
+
+    after = the_call(db)
+    assert (after.state, after.outcome, after.agent, after.answered_at) == (
+        CallState.ENDED,
+        CallOutcome.CANCELLED,
+        None,
+        None,
+    )
+    assert after.updated_at == before.updated_at
+    assert len(tickets(db)) == 1
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(InboundItem)) == 3
+
+
+async def test_wrong_token_is_401(make_client: ClientFactory) -> None:
+    client = await make_client()
+
+    response = await client.post("/api/v1/cti/not-the-token", json=event("newCall"))
+
+    assert response.status == 401
+    assert await response.json() == {"error": "unknown token"}
+
+
+async def test_unknown_event_and_bad_direction_are_422_with_the_reason(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+
+    assert await post(client, event("transfer")) == (
+        422,
+        {"error": "unknown event 'transfer' (newCall, answer, hangup)"},
+    )
+    assert await post(client, event("newCall", direction="sideways")) == (
+        422,
+        {"error": "direction must be 'in' or 'out'"},
+    )
+
+
+async def test_new_call_from_a_blocked_number_is_rejected_as_busy(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+
+    status, body = await post(client, event("newCall", **{"from": "84950000000"}))
+
+    assert (status, body) == (200, {"action": "reject", "reason": "busy"})
+    with db.transaction() as session:
+        item = session.scalars(select(InboundItem)).one()
+    assert (item.state, item.reason) == (InboundState.IGNORED, "blocked number +74950000000")
+
+
+def signed_settings() -> Any:
+    settings = settings_with()
+    generic = settings.telephony.generic.model_copy(update={"signature_secret_env": "CTI_SECRET"})
+    return settings.model_copy(
+        update={"telephony": settings.telephony.model_copy(update={"generic": generic})}
+    )
+
+
+async def test_signed_body_is_accepted_and_a_bad_or_old_signature_is_401(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(signed_settings())
+    body = json.dumps(event("newCall")).encode()
+    now = str(int(time.time()))
+
+    def headers(timestamp: str, signature: str) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "X-Telephony-Timestamp": timestamp,
+            "X-Telephony-Signature": signature,
+        }
+
+    good = await client.post(URL, data=body, headers=headers(now, sign(CTI_SECRET, now, body)))
+    padded = await client.post(
+        URL, data=body, headers=headers(now, sign(CTI_SECRET, now, body) + "=")
+    )
+    forged = await client.post(URL, data=body, headers=headers(now, sign("guess", now, body)))
+    old = str(int(time.time()) - 301)
+    expired = await client.post(URL, data=body, headers=headers(old, sign(CTI_SECRET, old, body)))
+    unsigned = await client.post(URL, data=body, headers={"Content-Type": "application/json"})
+
+    assert [r.status for r in (good, padded, forged, expired, unsigned)] == [
+        200,
+        200,
+        401,
+        401,
+        401,
+    ]
+    assert (await forged.json())["error"] == "X-Telephony-Signature does not match the body"
+    assert (await expired.json())["error"] == "X-Telephony-Timestamp is outside the 300 s window"
+
+
+async def test_body_over_the_limit_is_413(make_client: ClientFactory) -> None:
+    client = await make_client(settings_with(max_body_size=1024))
+
+    response = await client.post(
+        URL, data=b"x" * 2048, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status == 413
+
+
+async def test_the_app_s_worker_acts_on_stored_events_without_being_asked(
+    db: Database, telephony_env: None, aiohttp_client: Any
+) -> None:
+    app = create_app(http_context(settings_with(), db, Desk(RULES)))
+    client = await aiohttp_client(app)
+
+    await client.post(URL, json=event("newCall", call_id="bg-1"))
+    await client.post(URL, json=event("hangup", call_id="bg-1", cause="noAnswer"))
+    await asyncio.wait_for(app[WORKER].idle.wait(), timeout=10)
+
+    assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
+    with db.transaction() as session:
+        states = session.scalars(select(InboundItem.state))
+        assert set(states) == {InboundState.DONE}
+
+
+async def test_event_that_cannot_be_processed_is_kept_failed_and_done_on_retry(
+    db: Database, telephony_env: None, aiohttp_client: Any
+) -> None:
+    # A desk whose default package does not exist cannot add the unknown caller's customer.
+    desk = Desk(replace(RULES, default_package="gold"))
+    app = create_app(http_context(settings_with(), db, desk), process_events=False)
+    client = await aiohttp_client(app)
+
+    assert await post(client, event("newCall", call_id="f-1")) == (200, {})
+    assert await post(client, event("hangup", call_id="f-1", cause="noAnswer")) == (200, {})
+
+    with db.transaction() as session:
+        item = session.scalars(
+            select(InboundItem).where(InboundItem.source_ref == "f-1:hangup")
+        ).one()
+        assert item.state is InboundState.FAILED
+        assert "unknown support package 'gold'" in (item.error or "")
+        assert (
+            session.scalars(select(Call.state).where(Call.call_id == "f-1")).one()
+            is CallState.RINGING
+        )
+        add_customer(session, "unassigned", package="standard", known_packages=RULES.packages)
+        inbound.retry(session, item.id)
+    await processed(client)
+
+    assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
+    assert the_call(db, "f-1").outcome is CallOutcome.MISSED

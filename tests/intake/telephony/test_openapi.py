@@ -1,0 +1,109 @@
+"""The API document is served and every endpoint keeps to it (schemathesis, real loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from nacl.signing import SigningKey
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from intake.desk import Desk
+from intake.http import HttpService, http_context
+from storage.db import Database
+from tests.intake.conftest import RULES
+from tests.intake.telephony.conftest import CTI_TOKEN, OPERATOR_TOKEN, settings_with
+
+
+class LiveServer:
+    """The HTTP service on a free loopback port, in a loop of its own thread."""
+
+    def __init__(self, service: HttpService) -> None:
+        self.service = service
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        task = asyncio.create_task(self.service.run(self.stopping))
+        await self.service.started.wait()
+        self.ready.set()
+        await task
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        assert self.ready.wait(10), "the HTTP service did not start"
+        return f"http://127.0.0.1:{self.service.bound_port}"
+
+    def __exit__(self, *_: object) -> None:
+        assert self.loop is not None
+        assert self.stopping is not None
+        self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live_api(db: Database, telephony_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for name in ("TWILIO_TOKEN", "ZADARMA_SECRET", "MANGO_KEY", "MANGO_SALT"):
+        monkeypatch.setenv(name, name.lower())
+    public = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+    config = settings_with(
+        {
+            "twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN"},
+            "zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"},
+            "mango": {"enabled": True, "api_key_env": "MANGO_KEY", "api_salt_env": "MANGO_SALT"},
+            "telnyx": {"enabled": True, "public_key": public},
+        },
+        max_body_size=64 * 1024,
+    )
+    service = HttpService(http_context(config, db, Desk(RULES)), "127.0.0.1", 0)
+    with LiveServer(service) as url:
+        yield url
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def test_every_endpoint_answers_within_its_schema_and_never_with_a_5xx(live_api: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{live_api}/api/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/healthz", "/api/v1/calls", "/api/v1/cti/{token}"}
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=25,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def keeps_to_the_schema(case: Any) -> None:
+            if "token" in (case.path_parameters or {}):
+                case.path_parameters["token"] = CTI_TOKEN
+            case.call_and_validate(
+                base_url=live_api,
+                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+                checks=CHECKS,
+            )
+
+        keeps_to_the_schema()

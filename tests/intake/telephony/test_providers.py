@@ -1,0 +1,277 @@
+"""Each provider adapter, verified against a signer that is not ours, end to end over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp import FormData
+from nacl.signing import SigningKey
+from sqlalchemy import select
+from twilio.request_validator import RequestValidator
+
+from storage.db import Database
+from storage.models import Call, CallOutcome, CallState, Ticket
+from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
+
+TWILIO_TOKEN = "twilio-auth-token-0123"
+ZADARMA_SECRET = "zadarma-secret"
+MANGO_KEY, MANGO_SALT = "mango-key", "mango-salt"
+
+
+@pytest.fixture(autouse=True)
+def provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWILIO_TOKEN", TWILIO_TOKEN)
+    monkeypatch.setenv("ZADARMA_SECRET", ZADARMA_SECRET)
+    monkeypatch.setenv("MANGO_KEY", MANGO_KEY)
+    monkeypatch.setenv("MANGO_SALT", MANGO_SALT)
+
+
+def the_call(db: Database, provider: str) -> Call:
+    with db.transaction() as session:
+        return session.scalars(select(Call).where(Call.provider == provider)).one()
+
+
+def subjects(db: Database) -> list[str]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Ticket.subject)))
+
+
+# --- Twilio -----------------------------------------------------------------------------------
+
+TWILIO_PATH = "/api/v1/telephony/twilio/status"
+PUBLIC = "https://intake.example.com"
+
+
+def twilio_params(status: str, sequence: int, **extra: str) -> dict[str, str]:
+    return {
+        "CallSid": "CA0123456789abcdef",
+        "AccountSid": "AC0123",
+        "CallStatus": status,
+        "From": "+79161234567",
+        "To": "+74951112233",
+        "Direction": "inbound",
+        "SequenceNumber": str(sequence),
+        **extra,
+    }
+
+
+async def test_twilio_callback_signed_by_twilio_s_validator_is_accepted_behind_a_proxy(
+    db: Database, make_client: ClientFactory
+) -> None:
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    validator = RequestValidator(TWILIO_TOKEN)
+
+    async def post(params: dict[str, str], url: str = PUBLIC + TWILIO_PATH) -> int:
+        headers = {"X-Twilio-Signature": validator.compute_signature(url, params)}
+        response = await client.post(TWILIO_PATH, data=params, headers=headers)
+        return response.status
+
+    assert await post(twilio_params("ringing", 0)) == 200
+    assert await post(twilio_params("no-answer", 1)) == 200
+    assert await post(twilio_params("ringing", 2), url="http://127.0.0.1" + TWILIO_PATH) == 401
+    forged = twilio_params("in-progress", 3)
+    forged_signature = validator.compute_signature(PUBLIC + TWILIO_PATH, twilio_params("busy", 3))
+    response = await client.post(
+        TWILIO_PATH, data=forged, headers={"X-Twilio-Signature": forged_signature}
+    )
+    assert response.status == 401
+
+    await processed(client)
+    call = the_call(db, "twilio")
+    assert (call.state, call.outcome, call.cause) == (
+        CallState.ENDED,
+        CallOutcome.MISSED,
+        "no-answer",
+    )
+    assert subjects(db) == ["Missed call from +79161234567"]
+
+
+# --- Telnyx -----------------------------------------------------------------------------------
+
+TELNYX_PATH = "/api/v1/telephony/telnyx"
+
+
+def telnyx_event(kind: str, event_id: str, **payload: Any) -> bytes:
+    return json.dumps(
+        {
+            "data": {
+                "record_type": "event",
+                "event_type": kind,
+                "id": event_id,
+                "occurred_at": "2026-11-25T10:00:00.000000Z",
+                "payload": {
+                    "call_control_id": "v3:abc",
+                    "call_leg_id": "leg-1",
+                    "call_session_id": "session-1",
+                    "direction": "incoming",
+                    "from": "+79161234567",
+                    "to": "+74951112233",
+                    **payload,
+                },
+            }
+        }
+    ).encode()
+
+
+async def test_telnyx_event_signed_with_ed25519_is_accepted_and_a_forged_or_old_one_refused(
+    db: Database, make_client: ClientFactory
+) -> None:
+    key = SigningKey.generate()
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    client = await make_client(settings_with({"telnyx": {"enabled": True, "public_key": public}}))
+
+    async def post(body: bytes, timestamp: int, signer: SigningKey = key) -> int:
+        signed = signer.sign(f"{timestamp}|".encode() + body).signature
+        headers = {
+            "Content-Type": "application/json",
+            "telnyx-timestamp": str(timestamp),
+            "telnyx-signature-ed25519": base64.b64encode(signed).decode(),
+        }
+        return (await client.post(TELNYX_PATH, data=body, headers=headers)).status
+
+    now = int(time.time())
+    assert await post(telnyx_event("call.initiated", "e-1"), now) == 200
+    assert await post(telnyx_event("call.answered", "e-2"), now) == 200
+    assert (
+        await post(telnyx_event("call.hangup", "e-3", hangup_cause="normal_clearing"), now) == 200
+    )
+    assert await post(telnyx_event("call.hangup", "e-4"), now, SigningKey.generate()) == 401
+    assert await post(telnyx_event("call.hangup", "e-5"), now - 301) == 401
+
+    await processed(client)
+    call = the_call(db, "telnyx")
+    assert (call.call_id, call.outcome, call.cause) == (
+        "session-1",
+        CallOutcome.ANSWERED,
+        "normal_clearing",
+    )
+    assert subjects(db) == []
+
+
+# --- Zadarma ----------------------------------------------------------------------------------
+
+ZADARMA_PATH = "/api/v1/telephony/zadarma"
+
+
+def zadarma_signature(data: str) -> str:
+    # Zadarma API, "Incoming call notifications": PHP's
+    # base64_encode(hash_hmac('sha1', $caller_id . $called_did . $call_start, API_SECRET)),
+    # where hash_hmac returns the digest as lowercase hex.
+    return base64.b64encode(
+        hmac.new(ZADARMA_SECRET.encode(), data.encode(), hashlib.sha1).hexdigest().encode()
+    ).decode()
+
+
+async def test_zadarma_notifications_signed_as_documented_make_a_missed_call_ticket(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client(
+        settings_with({"zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"}})
+    )
+    start = {
+        "event": "NOTIFY_START",
+        "call_start": "2026-11-25 13:00:00",
+        "pbx_call_id": "in_0123abcd",
+        "caller_id": "79161234567",
+        "called_did": "74951112233",
+    }
+    end = {
+        **start,
+        "event": "NOTIFY_END",
+        "disposition": "busy",
+        "duration": "0",
+        "status_code": "17",
+    }
+    signature = zadarma_signature("79161234567" + "74951112233" + "2026-11-25 13:00:00")
+
+    echo = await client.get(ZADARMA_PATH, params={"zd_echo": "e3b0c442"})
+    started = await client.post(ZADARMA_PATH, data=start, headers={"Signature": signature})
+    form = FormData(end)  # multipart, as Zadarma may send it
+    form._is_multipart = True
+    ended = await client.post(ZADARMA_PATH, data=form, headers={"Signature": signature})
+    forged = await client.post(
+        ZADARMA_PATH, data=start, headers={"Signature": zadarma_signature("x")}
+    )
+
+    assert (echo.status, await echo.text()) == (200, "e3b0c442")
+    assert [started.status, ended.status, forged.status] == [200, 200, 401]
+    await processed(client)
+    call = the_call(db, "zadarma")
+    assert (call.outcome, call.cause, call.from_number) == (
+        CallOutcome.BUSY,
+        "busy",
+        "+79161234567",
+    )
+    assert subjects(db) == ["Missed call from +79161234567"]
+
+
+# --- Mango Office -----------------------------------------------------------------------------
+
+MANGO_PATH = "/api/v1/telephony/mango/events"
+
+
+def mango_form(payload: dict[str, Any]) -> str:
+    # Mango Office VPBX API (section "Подпись запросов"): sign = sha256(vpbx_api_key + json
+    # + vpbx_api_salt) in hex, over the json parameter exactly as sent.
+    text = json.dumps(payload, ensure_ascii=False)
+    sign = hashlib.sha256((MANGO_KEY + text + MANGO_SALT).encode()).hexdigest()
+    return urlencode({"vpbx_api_key": MANGO_KEY, "sign": sign, "json": text})
+
+
+async def test_mango_events_in_seq_order_and_summary_make_a_missed_call_ticket(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client(
+        settings_with(
+            {"mango": {"enabled": True, "api_key_env": "MANGO_KEY", "api_salt_env": "MANGO_SALT"}}
+        )
+    )
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    caller = {"number": "79161234567"}
+    line = {"number": "74951112233", "line_number": "74951112233"}
+
+    async def post(path: str, payload: dict[str, Any], body: str | None = None) -> int:
+        data = body if body is not None else mango_form(payload)
+        return (await client.post(f"{MANGO_PATH}/{path}", data=data, headers=headers)).status
+
+    appeared = {
+        "entry_id": "ZW50cnk=",
+        "call_id": "Y2FsbA==",
+        "seq": 1,
+        "call_state": "Appeared",
+        "from": caller,
+        "to": line,
+    }
+    assert await post("call", appeared) == 200
+    assert await post("call", {**appeared, "seq": 3, "call_state": "Disconnected"}) == 200
+    assert await post("call", {**appeared, "seq": 2, "call_state": "Connected"}) == 200
+    summary = {
+        "entry_id": "ZW50cnk=",
+        "call_direction": 1,
+        "from": caller,
+        "to": line,
+        "create_time": 1764064800,
+        "talk_time": 0,
+        "end_time": 1764064830,
+        "entry_result": 0,
+        "disconnect_reason": 1110,
+    }
+    assert await post("summary", summary) == 200
+    tampered = mango_form(summary).replace("1110", "1111")
+    assert await post("summary", summary, body=tampered) == 401
+
+    await processed(client)
+    call = the_call(db, "mango")
+    assert (call.state, call.outcome, call.cause) == (CallState.ENDED, CallOutcome.MISSED, "1110")
+    assert call.answered_at is None
+    assert subjects(db) == ["Missed call from +79161234567"]
