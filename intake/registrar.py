@@ -1,0 +1,333 @@
+"""One received mail -> a registered request, a follow-up, or set aside with a reason.
+
+``prepare`` does everything that needs no database (parsing, the rules, writing the files
+to the blob store) so that the transaction of ``apply`` stays short; ``apply`` then does
+the desk's work in the caller's transaction, which also marks the inbound item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from intake.desk import Desk, Environment, FollowUp, NewRequest, NotFoundError
+from intake.rules import Decision, Rule, RuleContext, decide
+from intake.senders import SenderPolicy, match_sender
+from parsers.headers import split_header_block
+from parsers.model import Found, ParsedMail
+from parsers.options import DEFAULT_OPTIONS, ParseOptions
+from parsers.request import parse_mail
+from storage import blobs, inbound
+from storage.blobs import BlobStore
+from storage.models import (
+    Attachment,
+    Channel,
+    Direction,
+    InboundItem,
+    Kind,
+    Message,
+    OutboxItem,
+    Priority,
+    Ticket,
+)
+
+log = logging.getLogger(__name__)
+
+PIPELINE_ACTOR = "pipeline"
+HEADER_SCAN = 256 * 1024
+_ENV_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    sha256: str
+    filename: str
+    content_type: str
+    size: int
+    screenshot: bool
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    mail: ParsedMail
+    decision: Decision | None
+    files: tuple[StoredFile, ...]
+
+    @property
+    def label(self) -> str:
+        """How log lines name the mail: its Message-ID."""
+        return self.mail.message_id or "<no Message-ID>"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ticket_number: str | None
+    summary: str
+
+
+@dataclass(frozen=True)
+class MailIdentity:
+    """Our own addresses, for the loop rule and for the polite refusal."""
+
+    from_address: str
+    message_id_domain: str
+
+
+class Registrar:
+    def __init__(
+        self,
+        desk: Desk,
+        blob_store: BlobStore,
+        rules: Sequence[Rule],
+        policy: SenderPolicy,
+        identity: MailIdentity,
+        parse_options: ParseOptions = DEFAULT_OPTIONS,
+    ) -> None:
+        self.desk = desk
+        self.blob_store = blob_store
+        self.rules = rules
+        self.policy = policy
+        self.identity = identity
+        self.parse_options = parse_options
+
+    def prepare(self, raw: bytes) -> Prepared:
+        mail = parse_mail(raw, options=self.parse_options)
+        headers, _, _ = split_header_block(raw, 0, min(len(raw), HEADER_SCAN))
+        context = RuleContext(headers, self.identity.message_id_domain, self.identity.from_address)
+        decision = decide(self.rules, mail, context)
+        if decision is not None:
+            return Prepared(mail, decision, ())
+        return Prepared(mail, None, self._store_files(mail))
+
+    def _store_files(self, mail: ParsedMail) -> tuple[StoredFile, ...]:
+        stored = [
+            StoredFile(
+                self.blob_store.write(s.data),
+                s.filename,
+                s.content_type,
+                s.size,
+                True,
+                s.width,
+                s.height,
+            )
+            for s in mail.screenshots
+        ]
+        stored += [
+            StoredFile(self.blob_store.write(a.data), a.filename, a.content_type, a.size, False)
+            for a in mail.attachments
+        ]
+        return tuple(stored)
+
+    def apply(self, session: Session, item: InboundItem, prepared: Prepared) -> Outcome:
+        mail = prepared.mail
+        if prepared.decision is not None:
+            return self._set_aside(session, item, prepared.decision, mail)
+        duplicate = self._already_registered(session, mail.message_id)
+        if duplicate is not None:
+            inbound.ignored(
+                session, item, reason=f"duplicate: already registered in {duplicate.number}"
+            )
+            item.ticket_id = duplicate.id
+            return Outcome(duplicate.number, f"duplicate of a message in {duplicate.number}")
+        found = self._ticket_for_follow_up(session, mail)
+        if found is not None:
+            ticket, matched_by = found
+            message = self.desk.follow_up(
+                session,
+                ticket,
+                FollowUp(
+                    text=mail.new_text or mail.text,
+                    author=_author(mail),
+                    subject=mail.subject[:998],
+                    html=mail.html,
+                    message_id=mail.message_id,
+                    in_reply_to=mail.in_reply_to,
+                    inbound_id=item.id,
+                    matched_by=matched_by,
+                ),
+                actor=PIPELINE_ACTOR,
+            )
+            self._attach(session, message.id, prepared.files)
+            inbound.done(session, item, ticket_id=ticket.id)
+            return Outcome(ticket.number, f"follow-up to {ticket.number} (by {matched_by})")
+        sender = match_sender(
+            session, mail.from_address, mail.sender_name, mail.language, self.policy
+        )
+        if sender.customer is None:
+            return self._refuse(session, item, mail, answer=sender.contactable)
+        ticket = self.desk.register(
+            session,
+            NewRequest(
+                subject=mail.subject[:998],
+                channel=Channel.EMAIL,
+                customer_id=sender.customer.id,
+                contact_id=sender.contact.id if sender.contact else None,
+                description=mail.new_text or mail.text,
+                kind=Kind(mail.kind),
+                priority_hint=Priority(mail.priority),
+                environment=_environment(mail),
+                message_id=mail.message_id,
+                in_reply_to=mail.in_reply_to,
+                html=mail.html,
+                inbound_id=item.id,
+                author=_author(mail),
+                missing=_missing_parameters(mail),
+            ),
+            actor=PIPELINE_ACTOR,
+        )
+        message_id = session.scalars(
+            select(Message.id).where(Message.ticket_id == ticket.id, Message.inbound_id == item.id)
+        ).one()
+        self._attach(session, message_id, prepared.files)
+        inbound.done(session, item, ticket_id=ticket.id)
+        return Outcome(ticket.number, f"registered {ticket.number} (sender: {sender.matched_by})")
+
+    # follow-ups ---------------------------------------------------------------------------
+
+    def _ticket_for_follow_up(
+        self, session: Session, mail: ParsedMail
+    ) -> tuple[Ticket, str] | None:
+        """Our tag in the subject first, then the mail this one answers (ARCHITECTURE.md)."""
+        if mail.registration_number and mail.registration_number_source == "subject":
+            with contextlib.suppress(NotFoundError):
+                tagged = self.desk.ticket(session, mail.registration_number, for_update=True)
+                return tagged, "registration number"
+        answered = [mail.in_reply_to] if mail.in_reply_to else []
+        answered += [ref for ref in reversed(mail.references) if ref not in answered]
+        if not answered:
+            return None
+        owners: dict[str, int] = {}
+        for model in (OutboxItem, Message):
+            rows = session.execute(
+                select(model.message_id, model.ticket_id).where(model.message_id.in_(answered))
+            )
+            for message_id, ticket_id in rows:
+                if message_id is not None and ticket_id is not None:
+                    owners.setdefault(message_id, ticket_id)
+        for index, ref in enumerate(answered):
+            if ref in owners:
+                ticket = session.get_one(Ticket, owners[ref], with_for_update=True)
+                matched = "In-Reply-To" if ref == mail.in_reply_to and index == 0 else "References"
+                return ticket, matched
+        return None
+
+    def _already_registered(self, session: Session, message_id: str | None) -> Ticket | None:
+        """The same mail received through another source (SMTP and IMAP) is one request."""
+        if message_id is None:
+            return None
+        return session.scalars(
+            select(Ticket)
+            .join(Message, Message.ticket_id == Ticket.id)
+            .where(Message.message_id == message_id, Message.direction == Direction.IN)
+            .limit(1)
+        ).first()
+
+    def _attach(self, session: Session, message_id: int, files: Sequence[StoredFile]) -> None:
+        for file in files:
+            blobs.record(session, file.sha256, file.size)
+            session.add(
+                Attachment(
+                    message_id=message_id,
+                    sha256=file.sha256,
+                    filename=file.filename[:255],
+                    content_type=file.content_type[:255],
+                    size=file.size,
+                    screenshot=file.screenshot,
+                    width=file.width,
+                    height=file.height,
+                )
+            )
+
+    # set aside ----------------------------------------------------------------------------
+
+    def _set_aside(
+        self, session: Session, item: InboundItem, decision: Decision, mail: ParsedMail
+    ) -> Outcome:
+        inbound.ignored(session, item, reason=decision.recorded)
+        if decision.bounced_message_id is None:
+            return Outcome(None, f"ignored: {decision.recorded}")
+        ticket = self._ticket_of_our_mail(session, decision.bounced_message_id)
+        if ticket is None:
+            return Outcome(None, f"ignored: {decision.recorded}")
+        self.desk.journal(
+            session,
+            ticket,
+            PIPELINE_ACTOR,
+            "bounce_received",
+            bounced_message_id=decision.bounced_message_id,
+            reason=decision.reason,
+            report_message_id=mail.message_id,
+        )
+        item.ticket_id = ticket.id
+        return Outcome(ticket.number, f"ignored: {decision.recorded}; journaled on {ticket.number}")
+
+    def _ticket_of_our_mail(self, session: Session, message_id: str) -> Ticket | None:
+        for model in (OutboxItem, Message):
+            ticket_id = session.scalars(
+                select(model.ticket_id).where(model.message_id == message_id).limit(1)
+            ).first()
+            if ticket_id is not None:
+                return session.get(Ticket, ticket_id)
+        return None
+
+    def _refuse(
+        self, session: Session, item: InboundItem, mail: ParsedMail, *, answer: bool
+    ) -> Outcome:
+        """Unknown senders are refused by configuration: told politely, nothing registered."""
+        reason = f"sender {mail.from_address or '(none)'} refused (unknown_sender = reject)"
+        inbound.ignored(session, item, reason=reason)
+        if not answer:
+            return Outcome(None, reason)
+        language = mail.language if mail.language in ("ru", "en") else self.policy.default_language
+        session.add(
+            OutboxItem(
+                channel="email",
+                template="unknown_sender_rejected",
+                recipient=mail.from_address,
+                message_id=f"<{uuid.uuid4().hex}@{self.identity.message_id_domain}>",
+                payload={
+                    "language": language,
+                    "in_reply_to": mail.message_id,
+                    "subject": mail.subject[:998],
+                },
+            )
+        )
+        return Outcome(None, reason)
+
+
+def _author(mail: ParsedMail) -> str:
+    if mail.sender_name:
+        return f"{mail.sender_name} <{mail.from_address}>"[:320]
+    return mail.from_address[:320]
+
+
+def _missing_parameters(mail: ParsedMail) -> tuple[str, ...]:
+    """What the acknowledgement asks for: os, product, browser (each with its version)."""
+    lacking = set(mail.missing)
+    return tuple(
+        name for name in ("os", "product", "browser") if {name, f"{name}_version"} & lacking
+    )
+
+
+def _environment(mail: ParsedMail) -> Environment:
+    env = mail.environment
+
+    def value(found: Found | None) -> str | None:
+        return found.value[:_ENV_LENGTH] if found is not None else None
+
+    return Environment(
+        os=value(env.os),
+        os_version=value(env.os_version),
+        product=value(env.product),
+        product_version=value(env.product_version),
+        browser=value(env.browser),
+        browser_version=value(env.browser_version),
+    )

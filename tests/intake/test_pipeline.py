@@ -1,0 +1,476 @@
+"""Received mail through the pipeline into the desk, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.engine import URL
+
+from intake.desk import Desk
+from intake.pipeline import Pipeline
+from intake.registrar import Registrar
+from intake.senders import SenderPolicy
+from storage import inbound
+from storage.db import Database
+from storage.models import (
+    Attachment,
+    Blob,
+    Contact,
+    Customer,
+    InboundItem,
+    InboundState,
+    JournalEntry,
+    Message,
+    OutboxItem,
+    Status,
+    Ticket,
+)
+from tests.intake.conftest import RULES, Seed
+from tests.intake.mailmaker import OUR_ADDRESS, OUR_DOMAIN, mail_bytes, make_registrar
+
+T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+
+def receive(db: Database, raw: bytes, ref: str | None = None) -> int:
+    with db.transaction() as session:
+        return inbound.store(session, source="smtp", source_ref=ref or str(hash(raw)), raw=raw).id
+
+
+def pipeline_for(
+    db: Database, registrar: Registrar, *, clock: list[dt.datetime] | None = None
+) -> Pipeline:
+    now = clock or [dt.datetime.now(dt.UTC)]
+    return Pipeline(
+        db, registrar, workers=2, max_attempts=3, poll_interval=60, clock=lambda: now[0]
+    )
+
+
+@pytest.fixture
+def registrar(desk: Desk, tmp_path: Path) -> Registrar:
+    return make_registrar(desk, tmp_path)
+
+
+@pytest.fixture
+def pipeline(db: Database, registrar: Registrar) -> Pipeline:
+    return pipeline_for(db, registrar)
+
+
+def item(db: Database, item_id: int) -> InboundItem:
+    with db.transaction() as session:
+        return session.get_one(InboundItem, item_id)
+
+
+def count(db: Database, model: type[object]) -> int:
+    with db.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 90, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def registered(db: Database, raw: bytes, pipeline: Pipeline) -> Ticket:
+    item_id = receive(db, raw)
+    pipeline.work_all()
+    stored = item(db, item_id)
+    assert stored.state is InboundState.DONE, stored.error
+    with db.transaction() as session:
+        return session.get_one(Ticket, stored.ticket_id)
+
+
+# --- new requests ---------------------------------------------------------------------------
+
+
+def test_new_mail_registers_a_ticket_with_environment_and_screenshot(
+    db: Database, seed: Seed, pipeline: Pipeline, registrar: Registrar
+) -> None:
+    shot = png(320, 200)
+    raw = mail_bytes(
+        subject="AgentZone softphone does not ring",
+        body="Windows 10, Chrome 120.0, AgentZone 3.2.1. Operators cannot take calls.",
+        message_id="<new@acme.example>",
+        images=(("shot.png", shot),),
+    )
+    ticket = registered(db, raw, pipeline)
+    with db.transaction() as session:
+        ticket = session.get_one(Ticket, ticket.id)
+        (message,) = session.scalars(select(Message).where(Message.ticket_id == ticket.id))
+        (attachment,) = session.scalars(select(Attachment))
+        (ack,) = session.scalars(select(OutboxItem))
+        assert (ticket.customer_id, ticket.contact_id) == (seed.customer_id, seed.contact_id)
+        assert (ticket.env_os, ticket.env_os_version, ticket.env_browser) == (
+            "Windows",
+            "10",
+            "Chrome",
+        )
+        assert (ticket.env_product, ticket.env_product_version) == ("AgentZone", "3.2.1")
+        assert ticket.subject == "AgentZone softphone does not ring"
+        assert message.message_id == "<new@acme.example>"
+        assert message.author == "Anna <anna@acme.example>"
+        assert (attachment.message_id, attachment.screenshot) == (message.id, True)
+        assert (attachment.width, attachment.height, attachment.size) == (320, 200, len(shot))
+        assert session.get_one(Blob, attachment.sha256).size == len(shot)
+        assert (ack.template, ack.recipient) == ("acknowledgement", "anna@acme.example")
+        assert ack.payload["in_reply_to"] == "<new@acme.example>"
+    assert registrar.blob_store.read(attachment.sha256) == shot
+
+
+def test_acknowledgement_names_what_the_request_lacks(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    registered(db, mail_bytes(subject="It broke", body="Nothing works."), pipeline)
+    registered(db, mail_bytes(subject="Chat", body="In Chrome 120, Windows 11."), pipeline)
+    with db.transaction() as session:
+        first, second = session.scalars(select(OutboxItem).order_by(OutboxItem.id))
+    assert first.payload["missing"] == ["os", "product", "browser"]
+    assert second.payload["missing"] == ["product"]
+
+
+def test_sender_of_a_known_domain_becomes_a_contact_of_that_customer(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    with db.transaction() as session:
+        session.get_one(Customer, seed.customer_id).domains = "acme.example"
+    ticket = registered(db, mail_bytes(subject="Hi", sender="Vera <vera@acme.example>"), pipeline)
+    with db.transaction() as session:
+        contact = session.scalars(select(Contact).where(Contact.email == "vera@acme.example")).one()
+        assert (contact.customer_id, contact.name) == (seed.customer_id, "Vera")
+        assert session.get_one(Ticket, ticket.id).contact_id == contact.id
+
+
+def test_unknown_sender_becomes_a_contact_of_the_unassigned_customer(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    first = registered(db, mail_bytes(subject="Hi", sender="x@stranger.example"), pipeline)
+    second = registered(db, mail_bytes(subject="Again", sender="y@stranger.example"), pipeline)
+    with db.transaction() as session:
+        customers = {session.get_one(Ticket, t.id).customer.name for t in (first, second)}
+        ack_recipients = set(session.scalars(select(OutboxItem.recipient)))
+    assert customers == {"unassigned"}
+    assert ack_recipients == {"x@stranger.example", "y@stranger.example"}
+
+
+def test_mail_without_a_usable_sender_is_registered_without_a_contact(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    raw = b"From: the night shift\r\nSubject: Help\r\nMessage-ID: <n@x.example>\r\n\r\nDown\r\n"
+    ticket = registered(db, raw, pipeline)
+    with db.transaction() as session:
+        ticket = session.get_one(Ticket, ticket.id)
+        assert (ticket.customer.name, ticket.contact_id) == ("unassigned", None)
+    assert "notification_skipped" in _journal(db, ticket.id)
+    assert count(db, OutboxItem) == 0
+
+
+def test_unknown_sender_is_refused_politely_when_configured(
+    db: Database, seed: Seed, desk: Desk, tmp_path: Path
+) -> None:
+    registrar = make_registrar(desk, tmp_path, policy=SenderPolicy(unknown_sender="reject"))
+    item_id = receive(db, mail_bytes(subject="Hi", sender="x@stranger.example"))
+    pipeline_for(db, registrar).work_all()
+    stored = item(db, item_id)
+    assert stored.state is InboundState.IGNORED
+    assert stored.reason is not None
+    assert "x@stranger.example" in stored.reason
+    with db.transaction() as session:
+        (reply,) = session.scalars(select(OutboxItem))
+        assert (reply.template, reply.recipient, reply.ticket_id) == (
+            "unknown_sender_rejected",
+            "x@stranger.example",
+            None,
+        )
+    assert count(db, Ticket) == 0
+
+
+def test_same_mail_from_two_sources_is_registered_once(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    raw = mail_bytes(subject="Once", message_id="<once@acme.example>")
+    first = receive(db, raw, ref="<once@acme.example>")
+    second = receive(db, raw, ref="imap:support:1:7")
+    pipeline.work_all()
+    assert count(db, Ticket) == 1
+    assert item(db, first).state is InboundState.DONE
+    assert item(db, second).state is InboundState.IGNORED
+    assert "duplicate" in (item(db, second).reason or "")
+
+
+# --- follow-ups -----------------------------------------------------------------------------
+
+
+def _journal(db: Database, ticket_id: int) -> list[str]:
+    with db.transaction() as session:
+        return list(
+            session.scalars(
+                select(JournalEntry.action)
+                .where(JournalEntry.ticket_id == ticket_id)
+                .order_by(JournalEntry.id)
+            )
+        )
+
+
+def _messages(db: Database, ticket_id: int) -> list[str]:
+    with db.transaction() as session:
+        return list(
+            session.scalars(
+                select(Message.text).where(Message.ticket_id == ticket_id).order_by(Message.id)
+            )
+        )
+
+
+def test_reply_with_the_number_in_the_subject_is_a_follow_up(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    ticket = registered(db, mail_bytes(subject="Calls drop"), pipeline)
+    follow = registered(
+        db,
+        mail_bytes(subject=f"Re: [{ticket.number}] Calls drop", body="It happened again."),
+        pipeline,
+    )
+    assert follow.id == ticket.id
+    assert count(db, Ticket) == 1
+    assert _messages(db, ticket.id)[-1] == "It happened again."
+    assert "follow_up_received" in _journal(db, ticket.id)
+    with db.transaction() as session:
+        templates = session.scalars(select(OutboxItem.template).order_by(OutboxItem.id)).all()
+    assert templates == ["acknowledgement", "follow_up_received"]
+
+
+def test_reply_to_our_acknowledgement_is_matched_by_in_reply_to(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    ticket = registered(db, mail_bytes(subject="Calls drop"), pipeline)
+    with db.transaction() as session:
+        ack_id = session.scalars(select(OutboxItem.message_id)).one()
+    follow = registered(
+        db, mail_bytes(subject="Re: your request", body="More", in_reply_to=ack_id), pipeline
+    )
+    assert follow.id == ticket.id
+    with db.transaction() as session:
+        entry = session.scalars(
+            select(JournalEntry).where(JournalEntry.action == "follow_up_received")
+        ).one()
+    assert entry.details["matched_by"] == "In-Reply-To"
+
+
+def test_reply_in_a_thread_is_matched_by_references(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    ticket = registered(
+        db, mail_bytes(subject="Chat is slow", message_id="<root@acme.example>"), pipeline
+    )
+    follow = registered(
+        db,
+        mail_bytes(
+            subject="Re: Chat is slow",
+            body="Still slow",
+            in_reply_to="<someone-else@elsewhere.example>",
+            references="<root@acme.example> <someone-else@elsewhere.example>",
+        ),
+        pipeline,
+    )
+    assert follow.id == ticket.id
+    with db.transaction() as session:
+        entry = session.scalars(
+            select(JournalEntry).where(JournalEntry.action == "follow_up_received")
+        ).one()
+    assert entry.details["matched_by"] == "References"
+
+
+def test_customer_answer_moves_waiting_customer_back_in_progress(
+    db: Database, seed: Seed, desk: Desk, pipeline: Pipeline
+) -> None:
+    ticket = registered(db, mail_bytes(subject="Which version?"), pipeline)
+    with db.transaction() as session:
+        current = session.get_one(Ticket, ticket.id)
+        desk.apply(session, current, "take", actor="alice")
+        desk.apply(session, current, "ask_customer", actor="alice", note="Which browser?")
+    registered(db, mail_bytes(subject=f"Re: [{ticket.number}]", body="Firefox 128"), pipeline)
+    with db.transaction() as session:
+        current = session.get_one(Ticket, ticket.id)
+        assert current.status is Status.IN_PROGRESS
+        last = session.scalars(
+            select(JournalEntry)
+            .where(JournalEntry.ticket_id == ticket.id)
+            .order_by(JournalEntry.id.desc())
+        ).first()
+    assert last is not None
+    assert last.details["event"] == "customer_replied"
+
+
+def test_follow_up_keeps_its_screenshot(db: Database, seed: Seed, pipeline: Pipeline) -> None:
+    ticket = registered(db, mail_bytes(subject="Crash"), pipeline)
+    registered(
+        db,
+        mail_bytes(subject=f"Re: [{ticket.number}] Crash", images=(("b.png", png(64, 48)),)),
+        pipeline,
+    )
+    with db.transaction() as session:
+        (attachment,) = session.scalars(select(Attachment))
+        message = session.get_one(Message, attachment.message_id)
+    assert (message.ticket_id, attachment.width) == (ticket.id, 64)
+
+
+# --- rules ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "subject", "rule"),
+    [
+        ({"Auto-Submitted": "auto-replied"}, "Re: Calls drop", "auto-reply"),
+        ({}, "Автоматический ответ: Calls drop", "auto-reply"),
+        ({}, "Out of Office: Calls drop", "auto-reply"),
+        ({"Precedence": "bulk"}, "Newsletter", "auto-reply"),
+        ({"List-Id": "<users.lists.example>"}, "Digest", "auto-reply"),
+        ({"X-Loop": OUR_ADDRESS}, "Calls drop", "loop"),
+    ],
+)
+def test_automatic_mail_is_set_aside_with_its_reason(
+    db: Database,
+    seed: Seed,
+    pipeline: Pipeline,
+    headers: dict[str, str],
+    subject: str,
+    rule: str,
+) -> None:
+    item_id = receive(db, mail_bytes(subject=subject, headers=headers))
+    pipeline.work_all()
+    stored = item(db, item_id)
+    assert stored.state is InboundState.IGNORED
+    assert stored.reason is not None
+    assert stored.reason.startswith(f"{rule}: ")
+    assert (count(db, Ticket), count(db, OutboxItem)) == (0, 0)
+
+
+def test_our_own_mail_coming_back_is_set_aside(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    item_id = receive(db, mail_bytes(subject="x", message_id=f"<abc@{OUR_DOMAIN}>"))
+    pipeline.work_all()
+    assert (item(db, item_id).reason or "").startswith("loop: Message-ID")
+    assert (count(db, Ticket), count(db, OutboxItem)) == (0, 0)
+
+
+def test_empty_mail_is_set_aside(db: Database, seed: Seed, pipeline: Pipeline) -> None:
+    item_id = receive(db, mail_bytes(subject="", body=""))
+    pipeline.work_all()
+    assert item(db, item_id).reason == "empty: no subject, no text and no attachment"
+    assert (count(db, Ticket), count(db, OutboxItem)) == (0, 0)
+
+
+def _bounce_of(original: str) -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.acme.example\r\n"
+        "To: support@intake.test\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "Message-ID: <bounce1@mx.acme.example>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.acme.example\r\n\r\n"
+        "Final-Recipient: rfc822; anna@acme.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {original}\r\nSubject: [OV] ack\r\n"
+        "\r\n--B--\r\n"
+    ).encode()
+
+
+def test_bounce_of_our_mail_is_journaled_on_its_ticket(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    ticket = registered(db, mail_bytes(subject="Calls drop"), pipeline)
+    with db.transaction() as session:
+        ack_id = session.scalars(select(OutboxItem.message_id)).one()
+    assert ack_id is not None
+    item_id = receive(db, _bounce_of(ack_id))
+    pipeline.work_all()
+    stored = item(db, item_id)
+    assert stored.state is InboundState.IGNORED
+    assert (stored.reason or "").startswith("bounce: ")
+    assert stored.ticket_id == ticket.id
+    assert _journal(db, ticket.id)[-1] == "bounce_received"
+    assert (count(db, Ticket), count(db, OutboxItem)) == (1, 1)
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def test_mail_the_desk_cannot_register_fails_backs_off_and_is_quarantined(
+    db: Database, seed: Seed, tmp_path: Path
+) -> None:
+    # A number format naming a field the desk does not fill makes every registration raise.
+    broken = Desk(dataclasses.replace(RULES, number_format="OV-{year}-{seq}-{branch}"))
+    clock = [T0]
+    pipeline = pipeline_for(db, make_registrar(broken, tmp_path), clock=clock)
+    item_id = receive(db, mail_bytes(subject="Doomed"))
+    seen = []
+    for _ in range(3):
+        assert pipeline.work_all() == 1
+        stored = item(db, item_id)
+        seen.append((stored.state, stored.attempts))
+        # Nothing is claimed again before its backoff is over.
+        assert pipeline.work_all() == 0
+        if stored.next_attempt_at is not None:
+            clock[0] = stored.next_attempt_at
+    assert seen == [
+        (InboundState.FAILED, 1),
+        (InboundState.FAILED, 2),
+        (InboundState.QUARANTINED, 3),
+    ]
+    assert "KeyError" in (item(db, item_id).error or "")
+    assert (count(db, Ticket), count(db, OutboxItem)) == (0, 0)
+    with db.transaction() as session:
+        inbound.retry(session, item_id)
+    pipeline_for(db, make_registrar(Desk(RULES), tmp_path)).work_all()
+    assert item(db, item_id).state is InboundState.DONE
+
+
+def test_a_worker_whose_lease_ran_out_does_not_register_twice(
+    db: Database, seed: Seed, registrar: Registrar
+) -> None:
+    item_id = receive(db, mail_bytes(subject="Slow"))
+    with db.transaction() as session:
+        (slow,) = inbound.claim(session, now=T0)
+    with db.transaction() as session:
+        (fast,) = inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE)
+    pipeline = pipeline_for(db, registrar)
+    pipeline.process(fast)
+    pipeline.process(slow)
+    assert count(db, Ticket) == 1
+    assert item(db, item_id).state is InboundState.DONE
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_workers_on_postgresql_never_register_one_item_twice(
+    db_url: URL, db: Database, seed: Seed, desk: Desk, tmp_path: Path
+) -> None:
+    # Unknown senders too: both workers may create the same new contact at once.
+    ids = [
+        receive(db, mail_bytes(subject=f"Request {n}", sender=f"user{n % 3}@stranger.example"))
+        for n in range(30)
+    ]
+    daemons = [pipeline_for(db, make_registrar(desk, tmp_path)) for _ in range(2)]
+    done: list[int] = []
+    threads = [threading.Thread(target=lambda p=p: done.append(p.work_all())) for p in daemons]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(done) == len(ids)
+    with db.transaction() as session:
+        states = session.scalars(select(InboundItem.state)).all()
+        ticket_inbound = session.scalars(select(Message.inbound_id)).all()
+    assert set(states) == {InboundState.DONE}
+    assert sorted(ticket_inbound) == sorted(ids)
+    assert count(db, Ticket) == len(ids)
+    assert count(db, Contact) == 1 + 3
