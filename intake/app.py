@@ -11,6 +11,9 @@ from intake.calendar import WorkingCalendar
 from intake.config import Settings, read_secret
 from intake.daemon import StartupError
 from intake.desk import Desk, DeskRules, SupportPackage
+from intake.http import http_services
+from intake.mailflow import mail_services
+from intake.notifications import notification_services, staff_chats
 from intake.scheduler import Scheduler
 from intake.services import Service
 from storage.db import Database
@@ -37,6 +40,7 @@ def desk_rules(settings: Settings) -> DeskRules:
             for name, package in settings.packages.items()
         },
         message_id_domain=settings.outbound.message_id_domain,
+        staff_chats=staff_chats(settings),
     )
 
 
@@ -63,7 +67,10 @@ class App:
                 self.desk,
                 self.calendar,
                 auto_close_working_days=self.settings.desk.auto_close_working_days,
-            )
+            ),
+            *mail_services(self.settings, self.db, self.desk),
+            *notification_services(self.settings, self.db),
+            *http_services(self.settings, self.db, self.desk),
         ]
 
     def close(self) -> None:

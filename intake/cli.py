@@ -16,6 +16,9 @@ from sqlalchemy.orm import selectinload
 
 from intake import clikit, directory
 from intake.app import database_url
+from intake.commands.inbound import inbound
+from intake.commands.outbox import outbox_group
+from intake.commands.parse import parse
 from intake.config import ConfigError, SecretError
 from intake.daemon import StartupError, supervise
 from intake.desk import DeskError, NewRequest
@@ -51,7 +54,7 @@ def cli() -> None:
 @clikit.config_option
 def run() -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
-    settings = clikit.settings()
+    settings = clikit.settings(verify_secrets=True)
     logging.basicConfig(
         level=settings.daemon.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -68,7 +71,7 @@ def check_config(path: Path | None) -> None:
     """Validate the configuration; print OK or every error (exit 2)."""
     if path is not None:
         click.get_current_context().find_root().ensure_object(dict)["config"] = path
-    clikit.settings()
+    clikit.settings(verify_secrets=True)
     click.echo("OK")
 
 
@@ -556,6 +559,11 @@ def staff_list(as_json: bool) -> None:
 # --- entry point --------------------------------------------------------------------------
 
 
+cli.add_command(parse)
+cli.add_command(inbound)
+cli.add_command(outbox_group)
+
+
 def _fail(message: str, code: int) -> int:
     # Drivers write multi-line messages; an operator's script reads one line.
     one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -571,9 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except click.UsageError as exc:
         exc.show()
         return exc.exit_code
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
     except click.Abort:
         return _fail("aborted", EXIT_ERROR)
     except ConfigError as exc:

@@ -38,11 +38,13 @@ def json_option(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
 
 
-def settings() -> Settings:
+def settings(*, verify_secrets: bool = False) -> Settings:
+    """The configuration; secrets are checked up front only where asked (run, check-config),
+    elsewhere when a command actually uses one."""
     ctx = click.get_current_context()
     obj = ctx.find_root().ensure_object(dict)
     if "settings" not in obj:
-        obj["settings"] = load_settings(obj.get("config"))
+        obj["settings"] = load_settings(obj.get("config"), verify_secrets=verify_secrets)
     settings: Settings = obj["settings"]
     return settings
 

@@ -9,6 +9,8 @@ is used, so it is never held by the settings.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
+import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -174,6 +177,9 @@ def _secret_ref(
 class _LoadContext:
     environ: Mapping[str, str]
     cwd: Path
+    # The daemon needs every secret at start; a staff member's shell has no systemd
+    # credentials, and `intake tickets list` should not need the IMAP password.
+    verify_secrets: bool = True
 
 
 def _context(info: ValidationInfo) -> _LoadContext:
@@ -215,6 +221,8 @@ _ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _require_secret(secret: EnvSecret | CredentialSecret, info: ValidationInfo) -> None:
+    if not _context(info).verify_secrets:
+        return
     try:
         secret.read(_context(info).environ)
     except SecretError as error:
@@ -318,6 +326,11 @@ def _check_number_format(template: str) -> str:
         raise ValueError(f"unknown field {{{unknown[0]}}}; only {{year}} and {{seq}} exist")
     if "seq" not in fields:
         raise ValueError("must contain {seq}")
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name == "seq" and (conversion or not re.fullmatch(r"(?:0?\d+)?d?", spec or "")):
+            raise ValueError(f"{{seq:{spec}}}: only a width such as {{seq:06d}} is allowed")
+        if name == "year" and (conversion or spec):
+            raise ValueError("{year} takes no format")
     try:
         sample = template.format(year=2026, seq=123)
     except (ValueError, KeyError, IndexError) as error:
@@ -526,7 +539,17 @@ class SmtpListenerSettings(_Section):
         return self
 
 
+class PipelineSettings(_Section):
+    workers: PositiveInt = 4
+    max_attempts: PositiveInt = 5
+    poll_interval: PositiveFloat = 5.0
+    lease: PositiveFloat = 300.0
+    unknown_sender: Literal["register", "reject"] = "register"
+    unassigned_customer: Text = "unassigned"
+
+
 class ImapMailbox(_Section):
+    enabled: bool = True
     name: Name
     host: Text
     port: Port = 993
@@ -557,11 +580,43 @@ class ImapMailbox(_Section):
         return _secret_ref(self.token_env, self.token_credential, self.token_command)
 
 
+class OperatorSettings(_Section):
+    """A phone operator allowed to log calls through the API with a bearer token."""
+
+    name: Name
+    token_env: EnvVariable | None = None
+    token_credential: CredentialName | None = None
+
+    @model_validator(mode="after")
+    def _check_token_named(self) -> Self:
+        if _configured_source(self, "token") is None:
+            raise _InvalidKey(("name",), "needs token_env or token_credential")
+        return self
+
+    @property
+    def token(self) -> SecretRef:
+        ref = _secret_ref(self.token_env, self.token_credential)
+        assert ref is not None  # checked by _check_token_named
+        return ref
+
+
 class HttpSettings(_Section):
     enabled: bool = True
     host: Text = "127.0.0.1"
     port: ListenPort = 8080
     max_body_size: PositiveInt = 1024 * 1024
+    operators: tuple[OperatorSettings, ...] = ()
+
+    @field_validator("operators")
+    @classmethod
+    def _check_unique_operator_names(
+        cls, operators: tuple[OperatorSettings, ...]
+    ) -> tuple[OperatorSettings, ...]:
+        names = [operator.name for operator in operators]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _InvalidKey((index, "name"), f"duplicate operator name '{name}'")
+        return operators
 
 
 class OutboundSmtpSettings(_Section):
@@ -593,12 +648,25 @@ class OutboundSmtpSettings(_Section):
         return _secret_ref(self.token_env, self.token_credential, self.token_command)
 
 
+def _is_directory(path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"no such directory {path}")
+    return path
+
+
+ExistingDirectory = Annotated[Path, AfterValidator(_absolute), AfterValidator(_is_directory)]
+
+
 class OutboundSettings(_Section):
     transport: Literal["folder", "smtp"] = "folder"
     folder: AbsolutePath
     from_address: Email = "support@localhost"
     message_id_domain: str = ""
     smtp: OutboundSmtpSettings = Field(default_factory=_table)
+    templates_dir: ExistingDirectory | None = None
+    rate_limit_per_hour: PositiveInt = 10
+    max_attempts: PositiveInt = 8
+    workers: PositiveInt = 1
 
     @field_validator("message_id_domain")
     @classmethod
@@ -609,12 +677,43 @@ class OutboundSettings(_Section):
         return sender.rpartition("@")[2] if isinstance(sender, str) else domain
 
 
+def _check_pattern(source: str) -> str:
+    try:
+        re.compile(source)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression {source!r}: {error}") from None
+    return source
+
+
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
+KindName = Literal["incident", "problem", "service_request", "development_request"]
+
+
+class ParsingSettings(_Section):
+    max_screenshot_bytes: PositiveInt = 10 * 1024 * 1024
+    max_screenshots: Annotated[int, Field(ge=0)] = 20
+
+
+class ClassifySettings(_Section):
+    """Keyword rules for kind and priority; a list given here replaces the built-in one."""
+
+    problem: tuple[Pattern, ...] | None = None
+    incident: tuple[Pattern, ...] | None = None
+    service_request: tuple[Pattern, ...] | None = None
+    development_request: tuple[Pattern, ...] | None = None
+    urgent: tuple[Pattern, ...] | None = None
+    critical: tuple[Pattern, ...] | None = None
+    tags: dict[Pattern, KindName] | None = None
+    default_kind: KindName = "incident"
+
+
 class TelegramSettings(_Section):
     enabled: bool = False
     token_env: EnvVariable | None = None
     token_credential: CredentialName | None = None
     chat_ids: tuple[int, ...] = ()
     base_url: Annotated[str, AfterValidator(_check_http_url)] = "https://api.telegram.org"
+    max_attempts: PositiveInt = 8
 
     @model_validator(mode="after")
     def _check_enabled_can_send(self) -> Self:
@@ -630,6 +729,153 @@ class TelegramSettings(_Section):
         return _secret_ref(self.token_env, self.token_credential)
 
 
+def _check_phone_region(code: str) -> str:
+    code = code.upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown phone region '{code}' (ISO 3166 code, e.g. RU)")
+    return code
+
+
+def _check_base64_key(value: str) -> str:
+    try:
+        key = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise ValueError("not base64") from None
+    if len(key) != 32:
+        raise ValueError(f"an Ed25519 public key has 32 bytes, not {len(key)}")
+    return value
+
+
+def _needs_secret_when_enabled(model: TelephonyProviderSettings, *secrets: str) -> None:
+    for secret in secrets:
+        key = _configured_source(model, secret)
+        if model.enabled and key is None:
+            options = " or ".join(_source_keys(model, secret))
+            raise _InvalidKey(("enabled",), f"needs {options}")
+
+
+class TelephonyProviderSettings(_Section):
+    enabled: bool = False
+    # Empty: [telephony] missed_call_priority.
+    missed_call_priority: PriorityName | None = None
+
+
+class GenericCtiSettings(TelephonyProviderSettings):
+    token_env: EnvVariable | None = None
+    token_credential: CredentialName | None = None
+    signature_secret_env: EnvVariable | None = None
+    signature_secret_credential: CredentialName | None = None
+    blocked_numbers: tuple[Text, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        _needs_secret_when_enabled(self, "token")
+        _configured_source(self, "signature_secret")
+        return self
+
+    @property
+    def token(self) -> SecretRef | None:
+        return _secret_ref(self.token_env, self.token_credential)
+
+    @property
+    def signature_secret(self) -> SecretRef | None:
+        return _secret_ref(self.signature_secret_env, self.signature_secret_credential)
+
+
+class TwilioSettings(TelephonyProviderSettings):
+    auth_token_env: EnvVariable | None = None
+    auth_token_credential: CredentialName | None = None
+    public_base_url: Annotated[str, AfterValidator(_check_http_url)] | None = None
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        _needs_secret_when_enabled(self, "auth_token")
+        return self
+
+    @property
+    def auth_token(self) -> SecretRef | None:
+        return _secret_ref(self.auth_token_env, self.auth_token_credential)
+
+
+class ZadarmaSettings(TelephonyProviderSettings):
+    api_secret_env: EnvVariable | None = None
+    api_secret_credential: CredentialName | None = None
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        _needs_secret_when_enabled(self, "api_secret")
+        return self
+
+    @property
+    def api_secret(self) -> SecretRef | None:
+        return _secret_ref(self.api_secret_env, self.api_secret_credential)
+
+
+class MangoSettings(TelephonyProviderSettings):
+    api_key_env: EnvVariable | None = None
+    api_key_credential: CredentialName | None = None
+    api_salt_env: EnvVariable | None = None
+    api_salt_credential: CredentialName | None = None
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        _needs_secret_when_enabled(self, "api_key", "api_salt")
+        return self
+
+    @property
+    def api_key(self) -> SecretRef | None:
+        return _secret_ref(self.api_key_env, self.api_key_credential)
+
+    @property
+    def api_salt(self) -> SecretRef | None:
+        return _secret_ref(self.api_salt_env, self.api_salt_credential)
+
+
+class TelnyxSettings(TelephonyProviderSettings):
+    # The account's public key (Mission Control, Keys & Credentials): not a secret.
+    public_key: Annotated[str, AfterValidator(_check_base64_key)] | None = None
+
+    @model_validator(mode="after")
+    def _check_key(self) -> Self:
+        if self.enabled and self.public_key is None:
+            raise _InvalidKey(("enabled",), "needs public_key")
+        return self
+
+
+class TelephonySettings(_Section):
+    """Calls from PBXs and VoIP providers; other installed adapters' tables are kept as
+    tables and validated by their adapter at start."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+    __pydantic_extra__: dict[Name, ProviderTable]
+
+    default_region: Annotated[str, AfterValidator(_check_phone_region)] = "RU"
+    missed_call_priority: PriorityName = "P2"
+    generic: GenericCtiSettings = Field(default_factory=_table)
+    twilio: TwilioSettings = Field(default_factory=_table)
+    zadarma: ZadarmaSettings = Field(default_factory=_table)
+    mango: MangoSettings = Field(default_factory=_table)
+    telnyx: TelnyxSettings = Field(default_factory=_table)
+
+    @property
+    def providers(self) -> dict[str, TelephonyProviderSettings | dict[str, Any]]:
+        """Every provider's table by name, the built-in ones and the others."""
+        built_in: dict[str, TelephonyProviderSettings | dict[str, Any]] = {
+            name: getattr(self, name)
+            for name, field in type(self).model_fields.items()
+            if isinstance(field.annotation, type)
+            and issubclass(field.annotation, TelephonyProviderSettings)
+        }
+        return built_in | dict(self.model_extra or {})
+
+    def enabled(self) -> dict[str, TelephonyProviderSettings | dict[str, Any]]:
+        return {
+            name: table
+            for name, table in self.providers.items()
+            if (table["enabled"] if isinstance(table, dict) else table.enabled)
+        }
+
+
 def _fill_empty(section: Any, key: str, value: str) -> Any:
     if isinstance(section, dict) and section.get(key, "") == "":
         return {**section, key: value}
@@ -642,12 +888,14 @@ class Settings(_Section):
     desk: DeskSettings = Field(default_factory=_table)
     packages: dict[Name, PackageSettings] = Field(default_factory=_default_packages)
     smtp: SmtpListenerSettings = Field(default_factory=_table)
+    pipeline: PipelineSettings = Field(default_factory=_table)
     imap: tuple[ImapMailbox, ...] = ()
     http: HttpSettings = Field(default_factory=_table)
     outbound: OutboundSettings = Field(default_factory=_table)
     telegram: TelegramSettings = Field(default_factory=_table)
-    # Provider-specific keys are validated by each telephony adapter.
-    telephony: dict[Name, ProviderTable] = Field(default_factory=_table)
+    parsing: ParsingSettings = Field(default_factory=_table)
+    classify: ClassifySettings = Field(default_factory=_table)
+    telephony: TelephonySettings = Field(default_factory=_table)
 
     @model_validator(mode="before")
     @classmethod
@@ -726,15 +974,19 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    verify_secrets: bool = True,
 ) -> Settings:
     """The validated settings (see locate_config for which file); raises ConfigError listing
-    every problem found. Relative paths are taken from `cwd`, secrets looked up in `environ`."""
+    every problem found. Relative paths are taken from `cwd`, secrets looked up in `environ`
+    (unless `verify_secrets` is false: they are then read, and may fail, only when used)."""
     environ = _environ(environ)
     cwd = Path.cwd() if cwd is None else cwd
     found = locate_config(path, environ=environ, cwd=cwd)
     data = {} if found is None else _read_toml(found)
     try:
-        return Settings.model_validate(data, context=_LoadContext(environ, cwd))
+        return Settings.model_validate(
+            data, context=_LoadContext(environ, cwd, verify_secrets)
+        )
     except ValidationError as error:
         raise ConfigError([_describe(detail) for detail in error.errors()]) from None
 

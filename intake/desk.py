@@ -39,6 +39,8 @@ from storage.models import (
 )
 
 SYSTEM_ACTOR = "system"
+# Staff notifications carry the start of a customer's message; Telegram cuts the rest.
+STAFF_EXCERPT_CHARS = 4096
 
 
 class DeskError(Exception):
@@ -188,6 +190,8 @@ class DeskRules:
         default_factory=lambda: {"standard": SupportPackage("standard")}
     )
     message_id_domain: str = "localhost"
+    # Staff chats told of new, followed-up and escalated tickets; empty when Telegram is off.
+    staff_chats: tuple[int, ...] = ()
 
     def package(self, name: str) -> SupportPackage:
         return (
@@ -233,6 +237,22 @@ class NewRequest:
     html: str | None = None
     inbound_id: int | None = None
     author: str = ""
+    # Environment fields the request lacks; the acknowledgement asks for them.
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A further message from the customer about an existing ticket."""
+
+    text: str
+    author: str = ""
+    subject: str = ""
+    html: str | None = None
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    inbound_id: int | None = None
+    matched_by: str = ""
 
 
 class Desk:
@@ -279,7 +299,15 @@ class Desk:
         now = self.clock()
         package = self.rules.package(customer.package)
         priority = request.priority or self._priority_for(request, package)
+        queue = request.queue or self.rules.default_queue
+        assignee: Staff | None
+        if request.assignee:
+            assignee, rule = self._staff_by_name(session, request.assignee), "explicit"
+        else:
+            assignee, rule = self.next_on_duty(session, queue, now), "round-robin"
         env = request.environment
+        # The number is taken last, just before the single flush below, so that the
+        # counter's row lock (PostgreSQL) is held for as short a time as possible.
         ticket = Ticket(
             number=self.allocate_number(session, now),
             kind=request.kind,
@@ -288,7 +316,7 @@ class Desk:
             subject=request.subject.strip() or "(no subject)",
             description=request.description,
             channel=request.channel,
-            queue=request.queue or self.rules.default_queue,
+            queue=queue,
             customer=customer,
             contact=contact,
             env_os=env.os,
@@ -328,15 +356,63 @@ class Desk:
             queue=ticket.queue,
             package=package.name,
         )
-        if request.assignee:
-            self._assign(session, ticket, self._staff_by_name(session, request.assignee), actor)
-        else:
-            staff = self.next_on_duty(session, ticket.queue, now)
-            if staff is not None:
-                self._assign(session, ticket, staff, SYSTEM_ACTOR, rule="round-robin")
-        self._notify_contact(session, ticket, "acknowledgement", in_reply_to=request.message_id)
+        if assignee is not None:
+            self._assign(
+                session, ticket, assignee, actor if rule == "explicit" else SYSTEM_ACTOR, rule=rule
+            )
+        self._notify_contact(
+            session,
+            ticket,
+            "acknowledgement",
+            in_reply_to=request.message_id,
+            missing=list(request.missing) or None,
+        )
+        self._notify_staff(session, ticket, "new_ticket")
         session.flush()
         return ticket
+
+    def follow_up(
+        self, session: Session, ticket: Ticket, follow: FollowUp, *, actor: str
+    ) -> Message:
+        """Append the customer's message; an answer to our question puts the ticket back in
+        progress. Resolved and closed tickets keep the message and its journal entry only:
+        confirmation and objection are decided by staff for now."""
+        now = self.clock()
+        message = Message(
+            ticket=ticket,
+            direction=Direction.IN,
+            author=follow.author,
+            subject=follow.subject,
+            text=follow.text,
+            html=follow.html,
+            message_id=follow.message_id,
+            in_reply_to=follow.in_reply_to,
+            inbound_id=follow.inbound_id,
+            created_at=now,
+        )
+        session.add(message)
+        ticket.updated_at = now
+        self.journal(
+            session,
+            ticket,
+            actor,
+            "follow_up_received",
+            message_id=follow.message_id,
+            matched_by=follow.matched_by,
+            status=ticket.status.value,
+        )
+        if ticket.status is Status.WAITING_CUSTOMER:
+            self.apply(session, ticket, "customer_replied", actor=actor)
+        elif ticket.status in (Status.NEW, Status.IN_PROGRESS):
+            self._notify_contact(
+                session, ticket, "follow_up_received", in_reply_to=follow.message_id
+            )
+        if ticket.status is Status.IN_PROGRESS:
+            self._notify_staff(
+                session, ticket, "follow_up", message=follow.text[:STAFF_EXCERPT_CHARS]
+            )
+        session.flush()
+        return message
 
     def _priority_for(self, request: NewRequest, package: SupportPackage) -> Priority:
         base = PRIORITY_BY_KIND[request.kind]
@@ -449,7 +525,9 @@ class Desk:
                 f"{ticket.number}: cannot go from {ticket.status.value} to {status.value}"
                 + (f" with reason {reason.value}" if reason else "")
             )
-        if len(candidates) > 1:
+        # Closing always says why: a ticket closed without the customer's word must not
+        # read as "confirmed" or "withdrawn" by accident.
+        if len(candidates) > 1 or (status is Status.CLOSED and reason is None):
             options = ", ".join(t.close_reason.value for t in candidates if t.close_reason)
             raise DeskError(
                 f"{ticket.number}: going from {ticket.status.value} to {status.value} "
@@ -514,6 +592,10 @@ class Desk:
             "priority_changed",
             **{"from": previous.value, "to": priority.value, "reason": reason},
         )
+        if priority is Priority.P1 and previous is not Priority.P1:
+            self._notify_staff(
+                session, ticket, "escalation", previous=previous.value, reason=reason
+            )
         session.flush()
         return ticket
 
@@ -527,6 +609,25 @@ class Desk:
         )
         session.add(entry)
         return entry
+
+    def _notify_staff(
+        self, session: Session, ticket: Ticket, template: str, **payload: Any
+    ) -> None:
+        """One Telegram row per staff chat; rendered from the ticket when it is sent."""
+        for chat in self.rules.staff_chats:
+            session.add(
+                OutboxItem(
+                    ticket=ticket,
+                    channel="telegram",
+                    template=template,
+                    recipient=str(chat),
+                    payload={
+                        "number": ticket.number,
+                        "language": self.rules.default_language,
+                        **{k: v for k, v in payload.items() if v is not None},
+                    },
+                )
+            )
 
     def _notify_contact(
         self,

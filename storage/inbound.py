@@ -79,9 +79,13 @@ def claim(
     limit: int = 1,
     lease: dt.timedelta = DEFAULT_LEASE,
     sources: Collection[str] | None = None,
+    channels: Collection[str] | None = None,
 ) -> Sequence[InboundItem]:
     """Take up to ``limit`` items that are due: pending, failed and due again, or whose
-    previous worker's lease ran out. They are ``processing`` until the lease ends."""
+    previous worker's lease ran out. They are ``processing`` until the lease ends.
+
+    ``sources`` names sources exactly (``telephony:twilio``); ``channels`` names families of
+    them (``imap`` is every ``imap:<mailbox>``), so each worker takes only what it reads."""
     now = now or utcnow()
     due = or_(InboundItem.next_attempt_at.is_(None), InboundItem.next_attempt_at <= now)
     stmt = (
@@ -97,6 +101,13 @@ def claim(
     )
     if sources is not None:
         stmt = stmt.where(InboundItem.source.in_(list(sources)))
+    if channels is not None:
+        stmt = stmt.where(
+            or_(
+                InboundItem.source.in_(list(channels)),
+                *(InboundItem.source.startswith(f"{channel}:") for channel in channels),
+            )
+        )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     items = session.scalars(stmt).all()

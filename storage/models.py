@@ -132,6 +132,25 @@ class OutboxState(enum.StrEnum):
     DEAD = "dead"
 
 
+class CallDirection(enum.StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class CallState(enum.StrEnum):
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class CallOutcome(enum.StrEnum):
+    ANSWERED = "answered"
+    MISSED = "missed"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
     # Stored as plain strings with a CHECK: readable in psql/sqlite3 and no PostgreSQL
     # ENUM type whose ALTER would complicate later migrations.
@@ -336,6 +355,8 @@ class InboundItem(Base):
     __table_args__ = (
         UniqueConstraint("source", "source_ref"),
         Index("ix_inbound_claim", "state", "next_attempt_at"),
+        # An IMAP source asks "has this mailbox stored this Message-ID?" for every message.
+        Index("ix_inbound_source_message_id", "source", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -354,6 +375,21 @@ class InboundItem(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class MailboxCheckpoint(Base):
+    """How far an IMAP mailbox has been read: every UID up to ``last_uid`` is stored.
+
+    Written in the same transaction as the inbound items it covers, so a restart neither
+    misses nor repeats mail; a new ``uidvalidity`` means the server renumbered the folder.
+    """
+
+    __tablename__ = "mailbox_checkpoints"
+
+    mailbox: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class OutboxItem(Base):
@@ -382,6 +418,47 @@ class OutboxItem(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     ticket: Mapped[Ticket | None] = relationship()
+
+
+class Call(Base):
+    """One phone call as its provider's events told it; linked to the caller and a ticket."""
+
+    __tablename__ = "calls"
+    __table_args__ = (UniqueConstraint("provider", "call_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    call_id: Mapped[str] = mapped_column(String(200))
+    direction: Mapped[CallDirection] = mapped_column(_enum(CallDirection, "call_direction"))
+    from_number: Mapped[str] = mapped_column(String(64), doc="E.164 when it parses, else as sent")
+    to_number: Mapped[str] = mapped_column(String(64), doc="E.164 when it parses, else as sent")
+    agent: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[CallState] = mapped_column(_enum(CallState, "call_state"))
+    outcome: Mapped[CallOutcome | None] = mapped_column(_enum(CallOutcome, "call_outcome"))
+    cause: Mapped[str | None] = mapped_column(String(200), doc="the provider's own reason")
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    duration: Mapped[int | None] = mapped_column(Integer, doc="seconds of conversation")
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    contact: Mapped[Contact | None] = relationship()
+    ticket: Mapped[Ticket | None] = relationship()
+
+
+class Suppression(Base):
+    """An address automatic mail must never go to (a hard bounce, a complaint)."""
+
+    __tablename__ = "suppressions"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True, doc="lower case")
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AppendOnlyError(RuntimeError):

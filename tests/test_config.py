@@ -87,7 +87,8 @@ def test_without_a_file_the_built_in_defaults_apply(tmp_path: Path) -> None:
     }
     assert settings.packages["premium"].priority_shift == 1
     assert settings.imap == ()
-    assert settings.telephony == {}
+    assert settings.telephony.enabled() == {}
+    assert settings.telephony.default_region == "RU"
 
 
 def test_intake_config_variable_names_the_file(tmp_path: Path) -> None:
@@ -256,7 +257,9 @@ def test_database_password_in_url_is_refused(tmp_path: Path) -> None:
         ("OV-{year}", "must contain {seq}"),
         ("OV-{seq}-{month}", "unknown field {month}; only {year} and {seq} exist"),
         ("OV-{seq.real}", "unknown field {seq.real}; only {year} and {seq} exist"),
-        ("OV-{seq:q}", "cannot render a number: Unknown format code 'q' for object of type 'int'"),
+        ("OV-{seq:q}", "{seq:q}: only a width such as {seq:06d} is allowed"),
+        ("OV-{seq:,}", "{seq:,}: only a width such as {seq:06d} is allowed"),
+        ("{year:02}-{seq}", "{year} takes no format"),
         ("OV-{seq", "invalid format: expected '}' before end of string"),
         ("OV {seq}", "renders as 'OV 123': no spaces or brackets allowed"),
     ],
@@ -445,15 +448,17 @@ def test_telephony_provider_is_disabled_unless_enabled(tmp_path: Path) -> None:
         """
         [telephony.asterisk]
         ari_url = "http://pbx:8088/ari"
-        [telephony.mango]
+        [telephony.other]
         enabled = true
     """,
     )
 
-    assert settings.telephony == {
-        "asterisk": {"enabled": False, "ari_url": "http://pbx:8088/ari"},
-        "mango": {"enabled": True},
+    assert settings.telephony.providers["asterisk"] == {
+        "enabled": False,
+        "ari_url": "http://pbx:8088/ari",
     }
+    assert settings.telephony.providers["generic"].enabled is False  # type: ignore[union-attr]
+    assert settings.telephony.enabled() == {"other": {"enabled": True}}
     assert errors_of(tmp_path, '[telephony.Mango]\nenabled = "yes"\n') == [
         "telephony.Mango: invalid name 'Mango': use lowercase letters, digits, '-' and '_',"
         " starting with a letter",
@@ -650,7 +655,17 @@ def enable_disabled_tables(text: str) -> str:
 
 
 def test_example_loads_with_its_disabled_tables_enabled(tmp_path: Path) -> None:
-    environ = credentials(tmp_path / "credentials", imap_support_password="pw\n")
+    environ = credentials(
+        tmp_path / "credentials",
+        imap_support_password="pw\n",
+        operator_anna_token="t",
+        cti_token="t",
+        cti_signature_secret="s",
+        twilio_auth_token="t",
+        zadarma_api_secret="s",
+        mango_api_key="k",
+        mango_api_salt="s",
+    )
     path = write(tmp_path, enable_disabled_tables(EXAMPLE.read_text(encoding="utf-8")))
 
     settings = load_settings(path, environ=environ, cwd=tmp_path)
@@ -659,7 +674,14 @@ def test_example_loads_with_its_disabled_tables_enabled(tmp_path: Path) -> None:
     assert settings.imap[0].password is not None
     assert settings.imap[0].password.read(environ) == "pw"
     assert isinstance(settings.imap[1].token, CommandSecret)
-    assert settings.telephony["asterisk"]["enabled"] is True
+    assert sorted(settings.telephony.enabled()) == [
+        "generic",
+        "mango",
+        "telnyx",
+        "twilio",
+        "zadarma",
+    ]
+    assert [operator.name for operator in settings.http.operators] == ["anna"]
 
 
 def documented_keys(text: str) -> set[str]:
@@ -713,4 +735,4 @@ def test_example_documents_every_key_and_only_real_keys() -> None:
     unknown = {k for k in documented if not any(fnmatch(k, p) for p in patterns)}
 
     assert (undocumented, unknown) == (set(), set())
-    assert "telephony.asterisk.enabled" in documented
+    assert "telephony.generic.enabled" in documented

@@ -51,7 +51,7 @@ def test_run_reports_ready_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
                 process.kill()
                 process.wait()
     assert process.returncode == 0, stderr
-    assert "ready; services: scheduler" in stderr
+    assert "ready; services: scheduler, pipeline, smtp" in stderr
     assert stderr.rstrip().endswith("stopped")
 
 

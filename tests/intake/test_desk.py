@@ -249,3 +249,16 @@ def test_ticket_lookup_is_case_insensitive_on_the_number(
         assert desk.ticket(session, f" {ticket.number.lower()} ").id == ticket.id
         with pytest.raises(NotFoundError, match="no ticket 'OV-1999-000001'"):
             desk.ticket(session, "OV-1999-000001")
+
+
+def test_closing_an_unresolved_ticket_needs_an_explicit_reason(
+    db: Database, desk: Desk, seed: Seed
+) -> None:
+    ticket = register(db, desk, seed)
+    with pytest.raises(DeskError, match=r"needs a reason: withdrawn$"), db.transaction() as s:
+        desk.set_status(s, ticket.number, Status.CLOSED, actor="bob")
+    with db.transaction() as session:
+        closed = desk.set_status(
+            session, ticket.number, Status.CLOSED, actor="bob", reason=CloseReason.WITHDRAWN
+        )
+        assert closed.close_reason is CloseReason.WITHDRAWN

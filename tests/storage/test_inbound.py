@@ -76,3 +76,14 @@ def test_done_and_ignored_items_are_not_claimed_or_retried_when_done(db: Databas
         with pytest.raises(inbound.InboundError, match=f"inbound item {a} is done"):
             inbound.retry(session, a)
         assert inbound.retry(session, b).state is InboundState.PENDING
+
+
+def test_workers_claim_only_their_channels(db: Database) -> None:
+    with db.transaction() as session:
+        for source in ("smtp", "imap:support", "imapx", "telephony:generic"):
+            inbound.store(session, source=source, source_ref="1", raw=b"x")
+    with db.transaction() as session:
+        mail = inbound.claim(session, now=T0, limit=10, channels=("smtp", "imap"))
+        assert sorted(i.source for i in mail) == ["imap:support", "smtp"]
+        calls = inbound.claim(session, now=T0, limit=10, sources=["telephony:generic"])
+        assert [i.source for i in calls] == ["telephony:generic"]

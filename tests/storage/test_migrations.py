@@ -1,13 +1,21 @@
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from storage.db import create_db_engine
-from storage.migrate import current_revision, head_revision, is_at_head, upgrade
+from storage.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    is_at_head,
+    upgrade,
+)
 from storage.models import Base
 
 pytestmark = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgresql"], indirect=True)
@@ -37,6 +45,69 @@ def test_models_and_migrations_agree(fresh_database_url: URL) -> None:
 def test_upgrade_twice_is_a_no_op(fresh_database_url: URL) -> None:
     engine = create_db_engine(fresh_database_url)
     upgrade(engine)
+    upgrade(engine)
+    assert is_at_head(engine)
+    engine.dispose()
+
+
+def test_journal_refuses_changes_from_any_client(fresh_database_url: URL) -> None:
+    engine = create_db_engine(fresh_database_url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO customers (name, package, domains, created_at) "
+                "VALUES ('Acme', 'standard', '', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO tickets (number, kind, priority, status, subject, description, "
+                "channel, queue, customer_id, created_at, updated_at) VALUES ('OV-1', "
+                "'incident', 'P2', 'new', 's', '', 'email', 'support', 1, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO journal (ticket_id, at, actor, action, details) "
+                "VALUES (1, CURRENT_TIMESTAMP, 'alice', 'registered', '{}')"
+            )
+        )
+    for statement in ("UPDATE journal SET actor = 'mallory'", "DELETE FROM journal"):
+        with (
+            pytest.raises(DBAPIError, match="journal entries are append-only"),
+            engine.begin() as connection,
+        ):
+            connection.execute(text(statement))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT actor FROM journal")).scalars().all() == ["alice"]
+    engine.dispose()
+
+
+def test_an_older_database_is_taken_to_head_with_its_data(fresh_database_url: URL) -> None:
+    engine = create_db_engine(fresh_database_url)
+    upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO customers (name, package, domains, created_at) "
+                "VALUES ('Acme', 'standard', 'acme.example', CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade(engine)
+    assert is_at_head(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT name FROM customers")).scalars().all() == ["Acme"]
+    engine.dispose()
+
+
+def test_every_migration_downgrades_and_upgrades_again(fresh_database_url: URL) -> None:
+    engine = create_db_engine(fresh_database_url)
+    upgrade(engine)
+    command.downgrade(alembic_config(engine), "base")
+    assert current_revision(engine) is None
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade(engine)
     assert is_at_head(engine)
     engine.dispose()
