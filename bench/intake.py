@@ -1,4 +1,5 @@
-"""Mail intake end to end: ``.venv/bin/python bench/intake.py [--messages N] [--backlog N]``.
+"""Mail intake end to end: ``.venv/bin/python bench/intake.py [--messages N] [--backlog N]
+[--imap-messages N]``.
 
 Generates its own corpus (plain; HTML; a 200 KB PNG screenshot attached; one pasted inline
 into HTML; Russian in koi8-r and windows-1251; replies to earlier messages), sends it over
@@ -9,6 +10,9 @@ follow-up or set aside. Prints, from one run:
   in a process of its own),
 - the time the standard library alone needs to parse the same messages
   (``email.message_from_bytes``), next to the end-to-end time,
+- the latency of the IMAP source on SQLite, reading by IDLE a throw-away Dovecot on a
+  loopback port: ``--imap-messages`` new requests of the corpus are APPENDed one at a time,
+  each timed from APPEND's OK to its registered ticket (p50, p95, max),
 - peak RSS of the daemon while a backlog of ``--backlog`` stored messages is worked off,
 - the peak RSS growth caused by one message with a 25 MB attachment.
 
@@ -23,7 +27,10 @@ import base64
 import email
 import io
 import multiprocessing
+import os
+import queue
 import random
+import statistics
 import resource
 import smtplib
 import sys
@@ -31,12 +38,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from email.parser import BytesHeaderParser
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from typing import Any
 
+from imapclient import IMAPClient
 from PIL import Image
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import Engine, Select, create_engine, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,12 +54,14 @@ from intake.config import load_settings
 from intake.directory import add_contact, add_customer
 from intake.mailflow import mail_services
 from intake.pipeline import Pipeline
+from intake.sources.imap_sync import message_id_of, source_name
 from intake.sources.smtp import SmtpListener
 from parsers.request import parse_mail
 from storage import inbound
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import InboundItem, InboundState, Message, Ticket
+from tests.peers.dovecot import Dovecot, ImapUser
 
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SENDER_CONNECTIONS = 4
@@ -331,15 +342,18 @@ def _work_off(config: Path, n: int, results: Any) -> None:
         await _wait_finished(db, n)
         return {"elapsed": time.perf_counter() - started}
 
-    result = asyncio.run(_serve_pipeline_only(config, measure))
+    result = asyncio.run(_serve_without_smtp(config, measure))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.put(result)
 
 
-async def _serve_pipeline_only(config: Path, until: Any) -> dict[str, Any]:
+async def _serve_without_smtp(config: Path, until: Any) -> dict[str, Any]:
     settings = load_settings(config)
     app = open_app(settings)
-    services = [s for s in mail_services(settings, app.db, app.desk) if isinstance(s, Pipeline)]
+    # The pipeline, and the IMAP mailboxes of the configuration, if any.
+    services = [
+        s for s in mail_services(settings, app.db, app.desk) if not isinstance(s, SmtpListener)
+    ]
     stopping = asyncio.Event()
     tasks = [asyncio.create_task(s.run(stopping)) for s in services]
     try:

@@ -573,6 +573,41 @@ class Desk:
             session, ticket, actor, "assigned", assignee=staff.name, previous=previous, rule=rule
         )
 
+    # due times ----------------------------------------------------------------------------
+
+    def escalate_overdue(self, session: Session, ticket: Ticket, *, actor: str) -> list[str]:
+        """Tell the staff, once each, that the ticket's response or resolution is overdue.
+
+        The response is overdue until staff first answer the customer; the resolution only
+        while the desk holds the ticket (not while it waits for the customer, nor once
+        resolved). Which targets were escalated now is returned.
+        """
+        now = self.clock()
+        overdue = []
+        if (
+            ticket.status in WORKING_STATUSES
+            and ticket.first_response_at is None
+            and ticket.response_due_at is not None
+            and ticket.response_due_at <= now
+            and ticket.response_escalated_at is None
+        ):
+            ticket.response_escalated_at = now
+            overdue.append(("response", ticket.response_due_at))
+        if (
+            ticket.status in (Status.NEW, Status.IN_PROGRESS)
+            and ticket.resolution_due_at is not None
+            and ticket.resolution_due_at <= now
+            and ticket.resolution_escalated_at is None
+        ):
+            ticket.resolution_escalated_at = now
+            overdue.append(("resolution", ticket.resolution_due_at))
+        for target, due in overdue:
+            due_local = due.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
+            self.journal(session, ticket, actor, "sla_breached", target=target, due_at=due_local)
+            self._notify_staff(session, ticket, "sla_breach", event=target, reason=due_local)
+        session.flush()
+        return [target for target, _ in overdue]
+
     # priority -----------------------------------------------------------------------------
 
     def set_priority(

@@ -7,10 +7,10 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from intake.calendar import WorkingCalendar
-from intake.desk import Desk
+from intake.desk import WORKING_STATUSES, Desk
 from intake.services import sleep_unless_stopped
 from storage.db import Database
 from storage.models import Status, Ticket, utcnow
@@ -22,7 +22,10 @@ SCHEDULER_ACTOR = "scheduler"
 
 class Scheduler:
     name = "scheduler"
-    description = "closes resolved tickets after the working-day limit without an answer"
+    description = (
+        "escalates overdue responses and resolutions; closes resolved tickets after the "
+        "working-day limit without an answer"
+    )
 
     def __init__(
         self,
@@ -77,10 +80,47 @@ class Scheduler:
                 log.exception("%s: auto-close failed; will try again", number)
         return closed
 
+    def escalate_overdue(self) -> list[tuple[str, str]]:
+        """Escalate every ticket whose response or resolution is overdue, once per target;
+        the (number, target) pairs escalated."""
+        now = self.clock()
+        response_overdue = and_(
+            Ticket.status.in_(WORKING_STATUSES),
+            Ticket.first_response_at.is_(None),
+            Ticket.response_due_at <= now,
+            Ticket.response_escalated_at.is_(None),
+        )
+        resolution_overdue = and_(
+            Ticket.status.in_([Status.NEW, Status.IN_PROGRESS]),
+            Ticket.resolution_due_at <= now,
+            Ticket.resolution_escalated_at.is_(None),
+        )
+        with self.db.transaction() as session:
+            numbers = session.scalars(
+                select(Ticket.number).where(or_(response_overdue, resolution_overdue))
+            ).all()
+        escalated = []
+        for number in numbers:
+            try:
+                with self.db.transaction() as session:
+                    ticket = self.desk.ticket(session, number, for_update=True)
+                    targets = self.desk.escalate_overdue(session, ticket, actor=SCHEDULER_ACTOR)
+            except Exception:
+                log.exception("%s: escalation failed; will try again", number)
+                continue
+            for target in targets:
+                log.warning("%s: %s overdue; staff told", number, target)
+                escalated.append((number, target))
+        return escalated
+
+    def run_once(self) -> None:
+        self.escalate_overdue()
+        self.close_unanswered()
+
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                await asyncio.to_thread(self.close_unanswered)
+                await asyncio.to_thread(self.run_once)
             except Exception:
                 log.exception("scheduler pass failed; next pass in %.0f s", self.interval)
             if await sleep_unless_stopped(stopping, self.interval):

@@ -276,6 +276,9 @@ class Ticket(Base):
     response_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     resolution_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     first_response_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # When the staff were told that a due time had passed; each breach is told once.
+    response_escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    resolution_escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     customer: Mapped[Customer] = relationship()
     contact: Mapped[Contact | None] = relationship()

@@ -40,7 +40,7 @@ from tests.notifiers.conftest import Clock, Seed, email_worker, register, rows
 MAIL_TEMPLATES = sorted(
     {"acknowledgement", "follow_up_received"} | {f"status_{t.target.value}" for t in TRANSITIONS}
 )
-STAFF_TEMPLATES = ("new_ticket", "follow_up", "escalation")
+STAFF_TEMPLATES = ("new_ticket", "follow_up", "escalation", "sla_breach")
 SUPPORT = "support@intake.test"
 
 
