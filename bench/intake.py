@@ -30,9 +30,9 @@ import multiprocessing
 import os
 import queue
 import random
-import statistics
 import resource
 import smtplib
+import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +53,6 @@ from intake.app import open_app
 from intake.config import load_settings
 from intake.directory import add_contact, add_customer
 from intake.mailflow import mail_services
-from intake.pipeline import Pipeline
 from intake.sources.imap_sync import message_id_of, source_name
 from intake.sources.smtp import SmtpListener
 from parsers.request import parse_mail
@@ -408,6 +407,113 @@ def _deliver(port: int, size: int) -> None:
         client.sendmail("user0@acme.example", ["support@omnivox.example"], raw)
 
 
+# --- IMAP IDLE: from APPEND to a registered ticket ------------------------------------------
+
+IMAP_MAILBOX = "bench"
+# The environment variable that the mailbox's password_env names.
+IMAP_ENV_VARIABLE = "BENCH_IMAP_PASSWORD"
+IMAP_TIMEOUT = 30.0
+"""Seconds one message may take from APPEND to its ticket before the run is a failure."""
+IMAP_LOOK_EVERY = 0.005
+
+
+def new_requests(n: int) -> list[bytes]:
+    """The first ``n`` messages of the corpus that are not replies: each becomes a ticket."""
+    headers = BytesHeaderParser()
+    found: list[bytes] = []
+    i = 0
+    while len(found) < n:
+        raw = message(i)
+        if headers.parsebytes(raw)["In-Reply-To"] is None:
+            found.append(raw)
+        i += 1
+    return found
+
+
+def _imap_config(state: Path, url: str, port: int, user: ImapUser) -> Path:
+    path = _config(state, url, 1, 32 * 1024 * 1024)
+    with path.open("a", encoding="utf-8") as config:
+        config.write(
+            f'[[imap]]\nname = "{IMAP_MAILBOX}"\nhost = "127.0.0.1"\nport = {port}\n'
+            f'security = "none"\nusername = "{user.name}"\n'
+            f'password_env = "{IMAP_ENV_VARIABLE}"\nidle = true\n'
+        )
+    return path
+
+
+def _imap_login(server: Dovecot, user: ImapUser) -> IMAPClient:
+    client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=IMAP_TIMEOUT)
+    client.login(user.name, user.password)
+    return client
+
+
+def _append(client: IMAPClient, raw: bytes) -> float:
+    """APPEND ``raw`` to the inbox; the moment the server answered OK."""
+    client.append("INBOX", raw)
+    return time.perf_counter()
+
+
+def _registered_at(observer: Engine, ticket_of: Select[tuple[str]]) -> float:
+    """The moment ``ticket_of`` first finds the ticket, looking every few milliseconds."""
+    deadline = time.perf_counter() + IMAP_TIMEOUT
+    while True:
+        with observer.connect() as connection:
+            found = connection.execute(ticket_of).first()
+        now = time.perf_counter()
+        if found is not None:
+            return now
+        if now > deadline:
+            raise TimeoutError(f"no ticket {IMAP_TIMEOUT:g} s after APPEND: {ticket_of}")
+        time.sleep(IMAP_LOOK_EVERY)
+
+
+def imap_latency(url: str, n: int, pause: float, results: Any) -> None:
+    """In a child process: a throw-away Dovecot, and the daemon's IMAP source reading it by
+    IDLE; n new requests APPENDed one at a time, ``pause`` seconds after the previous one
+    became a ticket, each timed from APPEND's OK to its ticket in the database."""
+
+    async def measure(db: Database, port: int) -> dict[str, Any]:
+        # Its own engine, reading without a transaction: the daemon's sessions begin theirs
+        # IMMEDIATE on SQLite, and looking every few ms that way would queue on its writers.
+        observer = create_engine(db.engine.url)
+        client = await asyncio.to_thread(_imap_login, server, user)
+        try:
+            latencies: list[float] = []
+            # The first one is not counted: it waits for the source's first session.
+            for index, raw in enumerate(new_requests(n + 1)):
+                message_id = message_id_of(raw)
+                assert message_id is not None
+                ticket_of = (
+                    select(Ticket.number)
+                    .join(InboundItem, InboundItem.ticket_id == Ticket.id)
+                    .where(
+                        InboundItem.source == source_name(IMAP_MAILBOX),
+                        InboundItem.message_id == message_id,
+                    )
+                )
+                appended = await asyncio.to_thread(_append, client, raw)
+                registered = await asyncio.to_thread(_registered_at, observer, ticket_of)
+                if index:
+                    latencies.append(registered - appended)
+                await asyncio.sleep(pause)
+        finally:
+            await asyncio.to_thread(client.logout)
+            observer.dispose()
+        return {"latencies": latencies}
+
+    server = Dovecot()
+    try:
+        server.start()
+        user = server.add_user()
+        os.environ[IMAP_ENV_VARIABLE] = user.password
+        with tempfile.TemporaryDirectory() as state:
+            config = _imap_config(Path(state), url.replace("STATE", state), server.port, user)
+            result = asyncio.run(_serve_without_smtp(config, measure))
+    finally:
+        server.destroy()
+    results.put(result)
+
+
 # --- baseline and driver ----------------------------------------------------------------------
 
 
@@ -429,9 +535,20 @@ def _in_child(target: Any, *args: Any) -> dict[str, Any]:
     results = spawn.Queue()
     process = spawn.Process(target=target, args=(*args, results))
     process.start()
-    result: dict[str, Any] = results.get()
-    process.join()
-    return result
+    while True:
+        # A child that died without a result (its traceback is on stderr) fails the bench
+        # instead of leaving it waiting for ever.
+        alive = process.is_alive()
+        try:
+            result: dict[str, Any] = results.get(timeout=1)
+        except queue.Empty:
+            if not alive:
+                raise RuntimeError(
+                    f"{target.__name__} ended without a result (exit code {process.exitcode})"
+                ) from None
+            continue
+        process.join()
+        return result
 
 
 def _postgres_database() -> tuple[str, Any]:
@@ -454,6 +571,10 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--attachment-mb", type=int, default=25)
     parser.add_argument("--workers", type=int, default=4, help="pipeline workers (PostgreSQL)")
+    parser.add_argument(
+        "--imap-messages", type=int, default=100, help="APPENDed for the IMAP latency; 0: none"
+    )
+    parser.add_argument("--imap-pause", type=float, default=0.2, help="seconds between two APPENDs")
     args = parser.parse_args()
     n = args.messages
 
@@ -475,6 +596,19 @@ def main() -> None:
     finally:
         drop()
     _report(f"PostgreSQL ({args.workers} workers)", n, pg, baseline, target=100)
+
+    if args.imap_messages:
+        imap = _in_child(
+            imap_latency, "sqlite:///STATE/intake.sqlite3", args.imap_messages, args.imap_pause
+        )
+        latencies = sorted(imap["latencies"])
+        percentiles = statistics.quantiles(latencies, n=100, method="inclusive")
+        print(
+            f"IMAP IDLE on SQLite: {len(latencies)} new requests APPENDed one at a time "
+            f"({args.imap_pause:g} s apart) -> registered ticket: "
+            f"p50 {percentiles[49] * 1000:.0f} ms, p95 {percentiles[94] * 1000:.0f} ms "
+            f"(target <= 2000 ms), max {latencies[-1] * 1000:.0f} ms"
+        )
 
     if args.backlog:
         work = _in_child(backlog, "sqlite:///STATE/intake.sqlite3", args.backlog)
