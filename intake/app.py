@@ -13,7 +13,7 @@ from intake.daemon import StartupError
 from intake.desk import Desk, DeskRules, SupportPackage
 from intake.http import http_services
 from intake.mailflow import mail_services
-from intake.notifications import notification_services, staff_chats
+from intake.notifications import OutboxWakeup, notification_services, staff_chats
 from intake.scheduler import Scheduler
 from intake.services import Service
 from storage.db import Database
@@ -61,6 +61,7 @@ class App:
     calendar: WorkingCalendar
 
     def services(self) -> list[Service]:
+        outbox_wakeup = OutboxWakeup()
         return [
             Scheduler(
                 self.db,
@@ -68,8 +69,8 @@ class App:
                 self.calendar,
                 auto_close_working_days=self.settings.desk.auto_close_working_days,
             ),
-            *mail_services(self.settings, self.db, self.desk),
-            *notification_services(self.settings, self.db),
+            *mail_services(self.settings, self.db, self.desk, outbox_wakeup),
+            *notification_services(self.settings, self.db, outbox_wakeup),
             *http_services(self.settings, self.db, self.desk),
         ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 
 from intake.config import Settings
 from intake.desk import Desk
@@ -39,7 +40,13 @@ def registrar(settings: Settings, desk: Desk) -> Registrar:
     )
 
 
-def pipeline(settings: Settings, db: Database, desk: Desk, wakeup: asyncio.Event) -> Pipeline:
+def pipeline(
+    settings: Settings,
+    db: Database,
+    desk: Desk,
+    wakeup: asyncio.Event,
+    after_commit: Callable[[], None] | None = None,
+) -> Pipeline:
     return Pipeline(
         db,
         registrar(settings, desk),
@@ -48,6 +55,7 @@ def pipeline(settings: Settings, db: Database, desk: Desk, wakeup: asyncio.Event
         poll_interval=settings.pipeline.poll_interval,
         lease=dt.timedelta(seconds=settings.pipeline.lease),
         wakeup=wakeup,
+        after_commit=after_commit,
     )
 
 
@@ -64,11 +72,16 @@ def listener_config(settings: Settings) -> ListenerConfig:
     )
 
 
-def mail_services(settings: Settings, db: Database, desk: Desk) -> list[Service]:
+def mail_services(
+    settings: Settings,
+    db: Database,
+    desk: Desk,
+    after_commit: Callable[[], None] | None = None,
+) -> list[Service]:
     """The pipeline always; the SMTP listener and the IMAP mailboxes when enabled, each
     waking the pipeline when it has stored mail."""
     arrived = asyncio.Event()
-    services: list[Service] = [pipeline(settings, db, desk, arrived)]
+    services: list[Service] = [pipeline(settings, db, desk, arrived, after_commit)]
     if settings.smtp.enabled:
         services.append(SmtpListener(db, listener_config(settings), arrived))
     services.extend(imap_services(settings, db, arrived))

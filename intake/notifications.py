@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from telegram import Bot
 
 from intake.config import OutboundSmtpSettings, Settings, read_secret
@@ -27,7 +29,9 @@ def smtp_settings(smtp: OutboundSmtpSettings) -> SmtpSettings:
     )
 
 
-def email_worker(settings: Settings, db: Database) -> OutboxWorker[PreparedMail]:
+def email_worker(
+    settings: Settings, db: Database, wakeup: asyncio.Event | None = None
+) -> OutboxWorker[PreparedMail]:
     outbound = settings.outbound
     transport: Transport
     if outbound.transport == "smtp":
@@ -40,10 +44,18 @@ def email_worker(settings: Settings, db: Database) -> OutboxWorker[PreparedMail]
         sender=Sender(outbound.from_address),
         policy=MailPolicy(rate_limit_per_hour=outbound.rate_limit_per_hour),
     )
-    return OutboxWorker(db, channel, max_attempts=outbound.max_attempts, workers=outbound.workers)
+    return OutboxWorker(
+        db,
+        channel,
+        max_attempts=outbound.max_attempts,
+        workers=outbound.workers,
+        wakeup=wakeup,
+    )
 
 
-def telegram_worker(settings: Settings, db: Database) -> OutboxWorker[PreparedPost] | None:
+def telegram_worker(
+    settings: Settings, db: Database, wakeup: asyncio.Event | None = None
+) -> OutboxWorker[PreparedPost] | None:
     telegram = settings.telegram
     if not telegram.enabled or telegram.token is None:
         return None
@@ -53,16 +65,32 @@ def telegram_worker(settings: Settings, db: Database) -> OutboxWorker[PreparedPo
         environment(settings.outbound.templates_dir),
         support_address=settings.outbound.from_address,
     )
-    return OutboxWorker(db, channel, max_attempts=telegram.max_attempts)
+    return OutboxWorker(db, channel, max_attempts=telegram.max_attempts, wakeup=wakeup)
+
+
+class OutboxWakeup:
+    """Wakes every outbox worker of this process: rows were just committed here."""
+
+    def __init__(self) -> None:
+        self.events: list[asyncio.Event] = []
+
+    def event(self) -> asyncio.Event:
+        self.events.append(asyncio.Event())
+        return self.events[-1]
+
+    def __call__(self) -> None:
+        for event in self.events:
+            event.set()
 
 
 def notification_services(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, wakeup: OutboxWakeup | None = None
 ) -> list[OutboxWorker[PreparedMail] | OutboxWorker[PreparedPost]]:
     """The email worker always (the folder transport is the embedded default); Telegram's
     when it is enabled."""
-    telegram = telegram_worker(settings, db)
-    return [email_worker(settings, db), *([telegram] if telegram is not None else [])]
+    wakeup = wakeup or OutboxWakeup()
+    telegram = telegram_worker(settings, db, wakeup.event())
+    return [email_worker(settings, db, wakeup.event()), *([telegram] if telegram else [])]
 
 
 def staff_chats(settings: Settings) -> tuple[int, ...]:

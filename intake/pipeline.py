@@ -44,6 +44,7 @@ class Pipeline:
         poll_interval: float,
         lease: dt.timedelta = inbound.DEFAULT_LEASE,
         wakeup: asyncio.Event | None = None,
+        after_commit: Callable[[], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.db = db
@@ -54,12 +55,17 @@ class Pipeline:
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self.wakeup = wakeup or asyncio.Event()
+        # Called in the loop after each commit (the outbox workers' wake-up), so that the
+        # acknowledgement leaves at once rather than at their next poll.
+        self.after_commit = after_commit
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.clock = clock
 
     async def run(self, stopping: asyncio.Event) -> None:
         # Threads of their own: a busy pipeline must not hold up the SMTP listener's writes
         # in the loop's shared executor.
         executor = ThreadPoolExecutor(self.workers, thread_name_prefix="pipeline")
+        self._loop = asyncio.get_running_loop()
         try:
             await asyncio.gather(*(self._work(stopping, executor) for _ in range(self.workers)))
         finally:
@@ -115,10 +121,16 @@ class Pipeline:
                 else:
                     outcome = self.registrar.apply(session, current, prepared)
                     log.info("%s: %s", label, outcome.summary)
-                return self._claim(session) if claim_next else None
+                following = self._claim(session) if claim_next else None
+            self._wake_outbox()
+            return following
         except Exception as exc:
             log.exception("%s: inbound %d failed (attempt %d)", label, item.id, item.attempts)
             return self._record_failure(item, label, exc, claim_next=claim_next)
+
+    def _wake_outbox(self) -> None:
+        if self.after_commit is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.after_commit)
 
     def _still_ours(self, session: Session, item: InboundItem) -> InboundItem | None:
         """The item, locked, if our claim still holds: a lease that ran out may have let

@@ -241,6 +241,7 @@ class OutboxWorker(Generic[P]):
         batch: int = 10,
         interval: float = 5.0,
         lease: dt.timedelta = DEFAULT_LEASE,
+        wakeup: asyncio.Event | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.name = f"outbox-{channel.channel}"
@@ -252,6 +253,8 @@ class OutboxWorker(Generic[P]):
         self.batch = batch
         self.interval = interval
         self.lease = lease
+        # Set by whoever commits new rows in this process; polling covers the others.
+        self.wakeup = wakeup
         self.clock = clock
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -264,15 +267,28 @@ class OutboxWorker(Generic[P]):
 
     async def _loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
+            if self.wakeup is not None:
+                # Cleared before looking, so rows committed meanwhile wake us again.
+                self.wakeup.clear()
             try:
                 handled = await self.deliver_due(stopping)
             except Exception:
                 log.exception("outbox-%s: pass failed", self.channel.channel)
                 handled = []
             if not handled:
-                # Stopping wakes us at once; a timeout is simply the next look.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=self.interval)
+                await self._idle(stopping)
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        """Until stopping, new rows, or the next look, whichever comes first."""
+        events = [stopping] if self.wakeup is None else [stopping, self.wakeup]
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*waiters, return_exceptions=True)
 
     async def deliver_due(self, stopping: asyncio.Event | None = None) -> list[Outcome]:
         """One pass: claim the due rows and deliver each; stops between rows when asked."""
