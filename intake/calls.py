@@ -9,12 +9,15 @@ answered call is journaled on the caller's open ticket, or waits for the operato
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,7 +27,7 @@ from intake.sources.telephony.model import CallEvent, EventKind, e164
 from storage import inbound
 from storage.db import Database
 from storage.models import (
-    Call,
+    Base,
     CallDirection,
     CallOutcome,
     CallState,
@@ -70,6 +73,117 @@ class Received:
     raw: bytes
 
 
+class FollowUp(enum.Enum):
+    """What the desk must hear of after an event changed a call."""
+
+    RECORDING = "call_recording"
+    ANSWERED = "call_answered"
+    MISSED = "missed_call"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """A call's row as the worker reads and writes it: plain values, no ORM object, so that
+    a batch of events costs a few statements rather than a unit of work per event."""
+
+    id: int
+    provider: str
+    call_id: str
+    direction: CallDirection
+    from_number: str
+    to_number: str
+    agent: str | None
+    state: CallState
+    outcome: CallOutcome | None
+    cause: str | None
+    started_at: dt.datetime | None
+    answered_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    duration: int | None
+    recording_url: str | None
+    last_sequence: int
+    contact_id: int | None
+    ticket_id: int | None
+    updated_at: dt.datetime
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}:{self.call_id}"
+
+
+CALLS = Base.metadata.tables["calls"]
+RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
+# What an event may change; written back once per batch.
+CHANGING = tuple(
+    name
+    for name in RECORD_FIELDS
+    if name not in ("id", "provider", "call_id", "direction", "from_number", "to_number")
+)
+_READ_CALLS = select(*(CALLS.c[name] for name in RECORD_FIELDS))
+_WRITE_CALLS = update(CALLS).where(CALLS.c.id == bindparam("record_id"))
+
+
+def advance(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | None:
+    """Apply one event to its call's record; what the desk must hear of, if anything."""
+    if event.kind is EventKind.RECORDING:
+        if not event.recording_url or record.recording_url == event.recording_url:
+            return None
+        record.recording_url = event.recording_url
+        record.updated_at = now
+        return FollowUp.RECORDING if record.ticket_id is not None else None
+    if record.state is CallState.ENDED or event.sequence <= record.last_sequence:
+        log.info(
+            "%s: %s event %d is late or repeated; ignored", event.label, event.kind, event.sequence
+        )
+        return None
+    record.last_sequence = event.sequence
+    record.updated_at = now
+    if event.kind is EventKind.PROGRESS:
+        return None
+    record.agent = event.agent or record.agent
+    at = event.occurred_at or now
+    if record.started_at is None:
+        record.started_at = event.started_at or at
+    if event.kind is EventKind.ANSWERED:
+        record.state = CallState.ANSWERED
+        record.answered_at = event.answered_at or at
+    elif event.kind is EventKind.ENDED:
+        return _end(record, event, now)
+    return None
+
+
+def _end(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | None:
+    record.state = CallState.ENDED
+    record.ended_at = event.ended_at or event.occurred_at or now
+    record.cause = event.cause
+    record.recording_url = event.recording_url or record.recording_url
+    if event.answered_at is not None:
+        record.answered_at = event.answered_at
+    answered = record.answered_at is not None or event.outcome is CallOutcome.ANSWERED
+    record.outcome = CallOutcome.ANSWERED if answered else event.outcome or CallOutcome.MISSED
+    if event.duration is not None:
+        record.duration = event.duration
+    elif record.answered_at is not None:
+        record.duration = max(int((record.ended_at - record.answered_at).total_seconds()), 0)
+    if record.direction is not CallDirection.IN:
+        return None
+    if record.outcome is not CallOutcome.ANSWERED:
+        return FollowUp.MISSED
+    if record.contact_id is None:
+        # No caller to look an open ticket up by: the operator's log will say what it was.
+        log.info("%s: answered; waits for the operator's log", record.label)
+        return None
+    return FollowUp.ANSWERED
+
+
+class Work(NamedTuple):
+    """A claimed item and what its kept request says: events to apply, or why it is ignored."""
+
+    item: InboundItem
+    events: Sequence[CallEvent]
+    ignored: str | None
+
+
 class CallRecorder:
     def __init__(self, db: Database, desk: Desk, policy: CallPolicy) -> None:
         self.db = db
@@ -111,151 +225,194 @@ class CallRecorder:
             new.discard(key)
         return results
 
-    def process(
+    def process(self, session: Session, work: Sequence[Work]) -> None:
+        """Act on claimed items' events, in order, and mark each done, ignored, or failed
+        (its events' work undone, to be retried with backoff).
+
+        The calls of the whole batch are read and locked at once and written back at once;
+        only an event the desk must hear of (a missed call, a call or recording of a caller
+        with an open ticket) goes through the desk, in a savepoint of its item."""
+        now = utcnow()
+        records, created = self._lock_calls(
+            session, [event for w in work if w.ignored is None for event in w.events], now
+        )
+        changed: set[tuple[str, str]] = set()
+        # Marked after the desk's work, whose flushes then need not carry the marks too.
+        finished: list[tuple[InboundItem, int | None]] = []
+        for item, events, ignored in work:
+            if ignored is not None:
+                inbound.ignored(session, item, reason=ignored)
+                continue
+            keys = {(event.provider, event.call_id) for event in events}
+            before = {key: replace(records[key]) for key in keys}
+            try:
+                ticket_id = self._apply(session, records, events, now)
+            except Exception as error:
+                records.update(before)
+                label = events[0].label if events else f"{item.source}:{item.source_ref}"
+                log.exception("%s: call event not processed; kept as inbound %d", label, item.id)
+                inbound.failed(
+                    session,
+                    item.id,
+                    error=f"{type(error).__name__}: {error}",
+                    max_attempts=self.policy.max_attempts,
+                )
+                continue
+            changed |= keys
+            finished.append((item, ticket_id))
+        for item, ticket_id in finished:
+            inbound.done(session, item, ticket_id=ticket_id)
+        if changed:
+            session.execute(
+                _WRITE_CALLS,
+                [
+                    {
+                        "record_id": records[key].id,
+                        **{n: getattr(records[key], n) for n in CHANGING},
+                    }
+                    for key in changed
+                ],
+            )
+        # A call first heard of in an item that failed is not kept, as if never inserted.
+        orphans = [records[key].id for key in created - changed]
+        if orphans:
+            session.execute(delete(CALLS).where(CALLS.c.id.in_(orphans)))
+
+    def _apply(
         self,
         session: Session,
-        item: InboundItem,
+        records: Mapping[tuple[str, str], CallRecord],
         events: Sequence[CallEvent],
-        ignored: str | None,
-    ) -> None:
-        """Act on a claimed item's events and mark it done, ignored, or failed (its events'
-        work rolled back, to be retried with backoff)."""
-        if ignored is not None:
-            inbound.ignored(session, item, reason=ignored)
-            return
-        try:
-            with session.begin_nested():
-                ticket_ids = [self.apply(session, event) for event in events]
-        except Exception as error:
-            label = events[0].label if events else f"{item.source}:{item.source_ref}"
-            log.exception("%s: call event not processed; kept as inbound %d", label, item.id)
-            inbound.failed(
-                session,
-                item.id,
-                error=f"{type(error).__name__}: {error}",
-                max_attempts=self.policy.max_attempts,
+        now: dt.datetime,
+    ) -> int | None:
+        """One item's events; the first ticket the desk touched, if any."""
+        ticket_ids: list[int | None] = []
+        with ExitStack() as desk_work:
+            savepoint = False
+            for event in events:
+                record = records[event.provider, event.call_id]
+                follow_up = advance(record, event, now)
+                if follow_up is None:
+                    continue
+                if not savepoint:
+                    # The desk's work of a failing item is rolled back; the batch goes on.
+                    desk_work.enter_context(session.begin_nested())
+                    savepoint = True
+                ticket_ids.append(self._tell_desk(session, record, follow_up))
+        return next((t for t in ticket_ids if t), None)
+
+    def _lock_calls(
+        self, session: Session, events: Sequence[CallEvent], now: dt.datetime
+    ) -> tuple[dict[tuple[str, str], CallRecord], set[tuple[str, str]]]:
+        """The records of the events' calls, locked until the commit, each created on its
+        first event; and which ones this batch created."""
+        first = {(e.provider, e.call_id): e for e in reversed(events)}
+        if not first:
+            return {}, set()
+        records = self._read_calls(session, first)
+        missing = [event for key, event in first.items() if key not in records]
+        created: set[tuple[str, str]] = set()
+        if missing:
+            region = self.policy.default_region
+            callers = {event: e164(event.caller, region) for event in missing}
+            contacts: dict[str, int] = {}
+            phones = {phone for phone in callers.values() if phone}
+            if phones:
+                found = session.execute(
+                    select(Contact.phone, Contact.id)
+                    .where(Contact.phone.in_(phones))
+                    .order_by(Contact.id)
+                )
+                for phone, contact_id in found:
+                    contacts.setdefault(phone or "", contact_id)
+            # Another daemon may create the same call at the same moment (PostgreSQL).
+            stmt = (
+                _dialect_insert(session)(CALLS)
+                .on_conflict_do_nothing(index_elements=["provider", "call_id"])
+                .returning(CALLS.c.id, CALLS.c.provider, CALLS.c.call_id)
             )
-            return
-        inbound.done(session, item, ticket_id=next((t for t in ticket_ids if t), None))
+            rows = [
+                {
+                    "provider": event.provider,
+                    "call_id": event.call_id,
+                    "direction": event.direction,
+                    "from_number": e164(event.from_number, region) or event.from_number,
+                    "to_number": e164(event.to_number, region) or event.to_number,
+                    "state": CallState.RINGING,
+                    "last_sequence": 0,
+                    "contact_id": contacts.get(phone) if phone else None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for event, phone in callers.items()
+            ]
+            new = {(row.provider, row.call_id): row.id for row in session.execute(stmt, rows)}
+            for event, row in zip(callers, rows, strict=True):
+                key = (event.provider, event.call_id)
+                if key in new:
+                    values = {name: row.get(name) for name in RECORD_FIELDS}
+                    records[key] = CallRecord(**{**values, "id": new[key]})
+            created = set(new)
+            # Created by another daemon since it was looked for: read as it is now.
+            taken = [key for key in first if key not in records]
+            if taken:
+                records.update(self._read_calls(session, taken))
+        return records, created
 
-    # one event -----------------------------------------------------------------------------
-
-    def apply(self, session: Session, event: CallEvent) -> int | None:
-        """Apply one event to its call; the ticket it touched, if any."""
-        call = self._locked_call(session, event)
-        now = utcnow()
-        if event.kind is EventKind.RECORDING:
-            return self._recording(session, call, event)
-        if call.state is CallState.ENDED or event.sequence <= call.last_sequence:
-            log.info(
-                "%s: %s event %d is late or repeated; ignored",
-                event.label,
-                event.kind,
-                event.sequence,
+    @staticmethod
+    def _read_calls(
+        session: Session, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], CallRecord]:
+        by_provider: dict[str, list[str]] = {}
+        for provider, call_id in keys:
+            by_provider.setdefault(provider, []).append(call_id)
+        # Per provider rather than a row-value IN, which SQLite answers by scanning the table.
+        stmt = (
+            _READ_CALLS.where(
+                or_(
+                    *(
+                        and_(CALLS.c.provider == provider, CALLS.c.call_id.in_(call_ids))
+                        for provider, call_ids in by_provider.items()
+                    )
+                )
             )
-            return None
-        call.last_sequence = event.sequence
-        call.updated_at = now
-        if event.kind is EventKind.PROGRESS:
-            return None
-        call.agent = event.agent or call.agent
-        at = event.occurred_at or now
-        if call.started_at is None:
-            call.started_at = event.started_at or at
-        if event.kind is EventKind.ANSWERED:
-            call.state = CallState.ANSWERED
-            call.answered_at = event.answered_at or at
-        elif event.kind is EventKind.ENDED:
-            return self._ended(session, call, event)
-        return None
-
-    def _locked_call(self, session: Session, event: CallEvent) -> Call:
-        """The event's call, created on its first event, locked until the commit."""
-        find = (
-            select(Call)
-            .where(Call.provider == event.provider, Call.call_id == event.call_id)
+            # Ordered, so that daemons locking overlapping batches take the locks in one order.
+            .order_by(CALLS.c.id)
             .with_for_update()
         )
-        call = session.scalars(find).first()
-        if call is not None:
-            return call
-        region = self.policy.default_region
-        caller = e164(event.caller, region)
-        contact_id = (
-            session.scalars(select(Contact.id).where(Contact.phone == caller)).first()
-            if caller
-            else None
-        )
-        now = utcnow()
-        # Another daemon may create the same call at the same moment (PostgreSQL).
-        stmt = _dialect_insert(session)(Call).on_conflict_do_nothing(
-            index_elements=["provider", "call_id"]
-        )
-        session.execute(
-            stmt,
-            {
-                "provider": event.provider,
-                "call_id": event.call_id,
-                "direction": event.direction,
-                "from_number": e164(event.from_number, region) or event.from_number,
-                "to_number": e164(event.to_number, region) or event.to_number,
-                "state": CallState.RINGING,
-                "last_sequence": 0,
-                "contact_id": contact_id,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        return session.scalars(find).one()
+        return {(row.provider, row.call_id): CallRecord(*row) for row in session.execute(stmt)}
 
-    def _recording(self, session: Session, call: Call, event: CallEvent) -> int | None:
-        if not event.recording_url or call.recording_url == event.recording_url:
-            return None
-        call.recording_url = event.recording_url
-        call.updated_at = utcnow()
-        if call.ticket is not None:
-            self.desk.journal(session, call.ticket, ACTOR, "call_recording", **self._details(call))
-        return call.ticket_id
+    # the desk ------------------------------------------------------------------------------
 
-    def _ended(self, session: Session, call: Call, event: CallEvent) -> int | None:
-        call.state = CallState.ENDED
-        call.ended_at = event.ended_at or event.occurred_at or utcnow()
-        call.cause = event.cause
-        call.recording_url = event.recording_url or call.recording_url
-        if event.answered_at is not None:
-            call.answered_at = event.answered_at
-        answered = call.answered_at is not None or event.outcome is CallOutcome.ANSWERED
-        call.outcome = CallOutcome.ANSWERED if answered else event.outcome or CallOutcome.MISSED
-        if event.duration is not None:
-            call.duration = event.duration
-        elif call.answered_at is not None:
-            call.duration = max(int((call.ended_at - call.answered_at).total_seconds()), 0)
-        if call.direction is not CallDirection.IN:
-            return None
-        if call.outcome is CallOutcome.ANSWERED:
-            return self._answered(session, call)
-        return self._missed(session, call)
+    def _tell_desk(self, session: Session, record: CallRecord, follow_up: FollowUp) -> int | None:
+        if follow_up is FollowUp.RECORDING:
+            ticket = session.get_one(Ticket, record.ticket_id)
+            self.desk.journal(session, ticket, ACTOR, follow_up.value, **_details(record))
+            return ticket.id
+        if follow_up is FollowUp.ANSWERED:
+            return self._answered(session, record)
+        return self._missed(session, record)
 
-    def _answered(self, session: Session, call: Call) -> int | None:
-        ticket = self._open_ticket(session, call.contact_id)
+    def _answered(self, session: Session, record: CallRecord) -> int | None:
+        ticket = self._open_ticket(session, record.contact_id)
         if ticket is None:
-            log.info("%s:%s: answered; waits for the operator's log", call.provider, call.call_id)
+            log.info("%s: answered; waits for the operator's log", record.label)
             return None
-        call.ticket = ticket
-        self.desk.journal(session, ticket, ACTOR, "call_answered", **self._details(call))
-        log.info("%s: answered call %s:%s journaled", ticket.number, call.provider, call.call_id)
+        record.ticket_id = ticket.id
+        self.desk.journal(session, ticket, ACTOR, "call_answered", **_details(record))
+        log.info("%s: answered call %s journaled", ticket.number, record.label)
         return ticket.id
 
-    def _missed(self, session: Session, call: Call) -> int:
-        contact = self._caller_contact(session, call)
+    def _missed(self, session: Session, record: CallRecord) -> int:
+        contact = self._caller_contact(session, record)
         ticket = self._open_ticket(session, contact.id if contact else None)
         if ticket is not None:
-            call.ticket = ticket
-            self.desk.journal(session, ticket, ACTOR, "missed_call", **self._details(call))
+            record.ticket_id = ticket.id
+            self.desk.journal(session, ticket, ACTOR, "missed_call", **_details(record))
             self.desk._notify_staff(
-                session, ticket, "follow_up", message=f"Missed call from {call.from_number}"
+                session, ticket, "follow_up", message=f"Missed call from {record.from_number}"
             )
-            log.info("%s: missed call %s:%s journaled", ticket.number, call.provider, call.call_id)
+            log.info("%s: missed call %s journaled", ticket.number, record.label)
             return ticket.id
         customer_id = (
             contact.customer_id
@@ -265,32 +422,32 @@ class CallRecorder:
         ticket = self.desk.register(
             session,
             NewRequest(
-                subject=f"Missed call from {call.from_number}",
+                subject=f"Missed call from {record.from_number}",
                 channel=Channel.PHONE,
                 customer_id=customer_id,
                 contact_id=contact.id if contact else None,
-                description=_describe(call),
-                priority=self.policy.priority_for(call.provider),
-                author=call.from_number,
+                description=_describe(record),
+                priority=self.policy.priority_for(record.provider),
+                author=record.from_number,
             ),
             actor=ACTOR,
         )
-        call.ticket = ticket
-        self.desk.journal(session, ticket, SYSTEM_ACTOR, "missed_call", **self._details(call))
-        log.info("%s: registered for missed call %s:%s", ticket.number, call.provider, call.call_id)
+        record.ticket_id = ticket.id
+        self.desk.journal(session, ticket, SYSTEM_ACTOR, "missed_call", **_details(record))
+        log.info("%s: registered for missed call %s", ticket.number, record.label)
         return ticket.id
 
-    def _caller_contact(self, session: Session, call: Call) -> Contact | None:
-        if call.contact is not None:
-            return call.contact
-        phone = e164(call.from_number, self.policy.default_region)
+    def _caller_contact(self, session: Session, record: CallRecord) -> Contact | None:
+        if record.contact_id is not None:
+            return session.get_one(Contact, record.contact_id)
+        phone = e164(record.from_number, self.policy.default_region)
         if phone is None:
             return None
         customer = unassigned_customer(session, self.desk, self.policy.unassigned_customer)
         contact = Contact(customer=customer, phone=phone, name="")
         session.add(contact)
         session.flush()
-        call.contact = contact
+        record.contact_id = contact.id
         return contact
 
     def _open_ticket(self, session: Session, contact_id: int | None) -> Ticket | None:
@@ -303,27 +460,27 @@ class CallRecorder:
             .limit(1)
         ).first()
 
-    @staticmethod
-    def _details(call: Call) -> dict[str, object]:
-        return {
-            "provider": call.provider,
-            "call_id": call.call_id,
-            "from": call.from_number,
-            "to": call.to_number,
-            "outcome": call.outcome.value if call.outcome else None,
-            "cause": call.cause,
-            "agent": call.agent,
-            "duration": call.duration,
-            "recording_url": call.recording_url,
-        }
+
+def _details(record: CallRecord) -> dict[str, object]:
+    return {
+        "provider": record.provider,
+        "call_id": record.call_id,
+        "from": record.from_number,
+        "to": record.to_number,
+        "outcome": record.outcome.value if record.outcome else None,
+        "cause": record.cause,
+        "agent": record.agent,
+        "duration": record.duration,
+        "recording_url": record.recording_url,
+    }
 
 
-def _describe(call: Call) -> str:
-    started = call.started_at.isoformat(timespec="seconds") if call.started_at else "?"
-    outcome = call.outcome.value if call.outcome else "missed"
-    lines = [f"Call from {call.from_number} to {call.to_number} at {started}: {outcome}."]
-    if call.cause:
-        lines.append(f"Provider's cause: {call.cause}.")
+def _describe(record: CallRecord) -> str:
+    started = record.started_at.isoformat(timespec="seconds") if record.started_at else "?"
+    outcome = record.outcome.value if record.outcome else "missed"
+    lines = [f"Call from {record.from_number} to {record.to_number} at {started}: {outcome}."]
+    if record.cause:
+        lines.append(f"Provider's cause: {record.cause}.")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind, 
 from storage.models import CallDirection, CallOutcome
 
 REPLAY_WINDOW = 300
+ACCEPTED = Reply.json({})
 
 EVENTS = {"newCall": EventKind.RINGING, "answer": EventKind.ANSWERED, "hangup": EventKind.ENDED}
 DIRECTIONS = {"in": CallDirection.IN, "out": CallDirection.OUT}
@@ -113,14 +114,16 @@ class GenericCti:
             cause=cause,
         )
         source_ref = f"{call_id}:{event}"
-        caller = e164(call.caller, self.region) or call.caller
-        if kind is EventKind.RINGING and direction is CallDirection.IN and caller in self.blocked:
-            return Normalised(
-                Reply.json({"action": "reject", "reason": "busy"}),
-                source_ref,
-                ignored=f"blocked number {caller}",
-            )
-        return Normalised(Reply.json({}), source_ref, (call,))
+        # Parsing the number is the dearest step of a request: only when it can be refused.
+        if kind is EventKind.RINGING and direction is CallDirection.IN and self.blocked:
+            caller = e164(call.caller, self.region) or call.caller
+            if caller in self.blocked:
+                return Normalised(
+                    Reply.json({"action": "reject", "reason": "busy"}),
+                    source_ref,
+                    ignored=f"blocked number {caller}",
+                )
+        return Normalised(ACCEPTED, source_ref, (call,))
 
 
 def _fields(request: WebhookRequest) -> dict[str, list[str]]:

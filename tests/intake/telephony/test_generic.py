@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
+from intake.calls import Work
 from intake.desk import Desk
 from intake.directory import add_customer
 from intake.http import WORKER, create_app, http_context
@@ -308,3 +313,105 @@ async def test_event_that_cannot_be_processed_is_kept_failed_and_done_on_retry(
 
     assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
     assert the_call(db, "f-1").outcome is CallOutcome.MISSED
+
+
+async def test_events_stored_together_are_applied_in_order_and_once_per_call(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    steps = [
+        event("newCall", call_id="t-1"),
+        event("newCall", call_id="t-2", **{"from": "+7 916 765-43-21"}),
+        event("answer", call_id="t-1", user="anna"),
+        event("hangup", call_id="t-2", cause="noAnswer", **{"from": "+7 916 765-43-21"}),
+        event("hangup", call_id="t-1", cause="normalClearing"),
+        event("hangup", call_id="t-2", cause="noAnswer", **{"from": "+7 916 765-43-21"}),
+        event("answer", call_id="t-2", user="late", **{"from": "+7 916 765-43-21"}),
+    ]
+    for body in steps:
+        assert (await client.post(URL, json=body)).status == 200
+
+    await processed(client)
+
+    answered, missed = the_call(db, "t-1"), the_call(db, "t-2")
+    assert (answered.state, answered.outcome, answered.agent) == (
+        CallState.ENDED,
+        CallOutcome.ANSWERED,
+        "anna",
+    )
+    assert (missed.state, missed.outcome, missed.agent) == (
+        CallState.ENDED,
+        CallOutcome.MISSED,
+        None,
+    )
+    (ticket,) = tickets(db)
+    assert (ticket.subject, missed.ticket_id) == ("Missed call from +79167654321", ticket.id)
+    with db.transaction() as session:
+        states = session.execute(select(InboundItem.source_ref, InboundItem.state)).all()
+    assert sorted(states) == sorted(
+        [
+            ("t-1:newCall", InboundState.DONE),
+            ("t-1:answer", InboundState.DONE),
+            ("t-1:hangup", InboundState.DONE),
+            ("t-2:newCall", InboundState.DONE),
+            ("t-2:hangup", InboundState.DONE),
+            ("t-2:answer", InboundState.DONE),
+        ]
+    )
+
+
+async def test_an_event_that_fails_in_a_batch_is_undone_alone(
+    db: Database, telephony_env: None, aiohttp_client: Any
+) -> None:
+    # A desk whose default package does not exist cannot add the unknown caller's customer.
+    desk = Desk(replace(RULES, default_package="gold"))
+    app = create_app(http_context(settings_with(), db, desk), process_events=False)
+    client = await aiohttp_client(app)
+    for body in (
+        event("newCall", call_id="ok-1"),
+        event("hangup", call_id="f-2", cause="noAnswer"),
+        event("hangup", call_id="ok-1", cause="forwarded"),
+    ):
+        assert (await client.post(URL, json=body)).status == 200
+
+    await processed(client)
+
+    with db.transaction() as session:
+        states = {
+            ref: state
+            for ref, state in session.execute(select(InboundItem.source_ref, InboundItem.state))
+        }
+        calls = session.scalars(select(Call.call_id)).all()
+    assert states == {
+        "ok-1:newCall": InboundState.DONE,
+        "f-2:hangup": InboundState.FAILED,
+        "ok-1:hangup": InboundState.DONE,
+    }
+    # The call first heard of in the failed event is not kept half-made.
+    assert calls == ["ok-1"]
+    assert the_call(db, "ok-1").outcome is CallOutcome.ANSWERED
+    assert tickets(db) == []
+
+
+async def test_a_batch_whose_transaction_fails_is_taken_one_item_at_a_time(
+    db: Database, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_client()
+    for name in ("newCall", "answer", "hangup"):
+        assert (await client.post(URL, json=event(name, call_id="b-1", user="anna"))).status == 200
+    recorder = client.app[WORKER].recorder
+    process = recorder.process
+
+    def only_one_at_a_time(session: Session, work: Sequence[Work]) -> None:
+        if len(work) > 1:
+            raise OperationalError("UPDATE calls", {}, Exception("disk I/O error"))
+        process(session, work)
+
+    monkeypatch.setattr(recorder, "process", only_one_at_a_time)
+    await processed(client)
+
+    call = the_call(db, "b-1")
+    assert (call.state, call.outcome, call.agent) == (CallState.ENDED, CallOutcome.ANSWERED, "anna")
+    with db.transaction() as session:
+        states = session.scalars(select(InboundItem.state))
+        assert list(states) == [InboundState.DONE] * 3
