@@ -54,6 +54,7 @@ from intake.config import load_settings
 from intake.directory import add_contact, add_customer
 from intake.mailflow import mail_services
 from intake.sources.imap_sync import message_id_of, source_name
+from intake.sources.smtp import SOURCE as SMTP_SOURCE
 from intake.sources.smtp import SmtpListener
 from parsers.request import parse_mail
 from storage import inbound
@@ -319,8 +320,9 @@ def backlog(url: str, n: int, results: Any) -> None:
             batch.append(raw)
             if len(batch) == 200 or i == n - 1:
                 with db.transaction() as session:
+                    # Stored as the SMTP listener stores mail: the pipeline takes mail only.
                     for j, item in enumerate(batch):
-                        inbound.store(session, source="bench", source_ref=f"{i}-{j}", raw=item)
+                        inbound.store(session, source=SMTP_SOURCE, source_ref=f"{i}-{j}", raw=item)
                 batch = []
         db.dispose()
         filled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
