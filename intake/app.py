@@ -9,13 +9,12 @@ from sqlalchemy.engine import URL, make_url
 
 from intake.calendar import WorkingCalendar
 from intake.config import Settings, read_secret
-from intake.daemon import StartupError
 from intake.desk import Desk, DeskRules, SupportPackage
 from intake.http import http_services
 from intake.mailflow import mail_services
 from intake.notifications import OutboxWakeup, notification_services, staff_chats
 from intake.scheduler import Scheduler
-from intake.services import Service
+from intake.services import Service, StartupError
 from storage.db import Database
 from storage.migrate import current_revision, head_revision, upgrade
 from storage.models import Priority

@@ -20,8 +20,9 @@ from intake.commands.inbound import inbound
 from intake.commands.outbox import outbox_group
 from intake.commands.parse import parse
 from intake.config import ConfigError, SecretError
-from intake.daemon import StartupError, supervise
+from intake.daemon import supervise
 from intake.desk import DeskError, NewRequest
+from intake.services import StartupError
 from intake.views import ticket_detail, ticket_summary
 from storage.db import Database, StorageError
 from storage.migrate import current_revision, head_revision, upgrade

@@ -12,16 +12,12 @@ import os
 import signal
 from collections.abc import Sequence
 
-from intake.services import Service, sleep_unless_stopped
+from intake.services import Service, StartupError, sleep_unless_stopped
 from intake.systemd import notify
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 60.0
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start as configured; the message says why."""
 
 
 async def _keep_running(service: Service, stopping: asyncio.Event) -> None:
@@ -31,7 +27,7 @@ async def _keep_running(service: Service, stopping: asyncio.Event) -> None:
         try:
             await service.run(stopping)
             return
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StartupError):
             raise
         except Exception:
             log.exception("service %s crashed; restarting in %.0f s", service.name, delay)
@@ -69,11 +65,16 @@ async def supervise(
     notify("READY=1")
     notify(f"STATUS=running: {', '.join(names) or 'no services'}")
     log.info("ready; services: %s", ", ".join(names) or "none")
+    stop = asyncio.ensure_future(stopping.wait())
     try:
-        await stopping.wait()
+        # Until a signal, or until a service finds it cannot start at all.
+        await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stop.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    stopping.set()
     notify("STOPPING=1")
     log.info("stopping; waiting up to %.0f s for work in hand", shutdown_timeout)
     _, pending = await asyncio.wait(tasks, timeout=shutdown_timeout)
@@ -82,3 +83,7 @@ async def supervise(
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     log.info("stopped")
+    if failed:
+        error = failed[0].exception()
+        assert error is not None
+        raise error

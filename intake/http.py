@@ -23,7 +23,7 @@ from intake.config import Settings, TelephonyProviderSettings
 from intake.desk import Desk, DeskError
 from intake.openapi import openapi_document
 from intake.operators import CallLogError, log_call, parse_call_log
-from intake.services import Service
+from intake.services import Service, cannot_listen
 from intake.sources.telephony.base import (
     AdapterContext,
     TelephonyAdapter,
@@ -310,7 +310,10 @@ class HttpService:
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as error:
+                raise cannot_listen("http", self.host, self.port, error) from None
             self.bound_port = runner.addresses[0][1]
             log.info("http: listening on %s:%d", self.host, self.bound_port)
             self.started.set()

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Protocol
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start as configured (a port taken, storage not migrated …); the
+    message says why, in one line. A service raising it stops the daemon."""
+
+
+def cannot_listen(what: str, host: str, port: int, error: OSError) -> StartupError:
+    # asyncio wraps the errno in a long sentence; the errno's own text is the clear part.
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return StartupError(f"{what}: cannot listen on {host}:{port}: {reason.lower()}")
 
 
 class Service(Protocol):

@@ -21,6 +21,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
+from intake.services import cannot_listen
 from parsers.headers import parse_msg_ids, split_header_block
 from storage import inbound
 from storage.db import Database
@@ -181,7 +182,12 @@ class SmtpListener:
 
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._protocol, self.config.host, self.config.port)
+        try:
+            server = await loop.create_server(self._protocol, self.config.host, self.config.port)
+        except OSError as error:
+            raise cannot_listen(
+                "lmtp" if self.config.lmtp else "smtp", self.config.host, self.config.port, error
+            ) from None
         host, port = server.sockets[0].getsockname()[:2]
         self.address = (host, port)
         self.ready.set()

@@ -112,3 +112,28 @@ def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_run_stops_with_one_line_when_a_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n\n[smtp]\nport = {port}\n'
+            "\n[http]\nenabled = false\n",
+            encoding="utf-8",
+        )
+        result = subprocess.run(
+            [INTAKE, "--config", str(config), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: smtp: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in result.stderr
