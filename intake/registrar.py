@@ -163,7 +163,7 @@ class Registrar:
         )
         if sender.customer is None:
             return self._refuse(session, item, mail, answer=sender.contactable)
-        ticket = self.desk.register(
+        registration = self.desk.register_request(
             session,
             NewRequest(
                 subject=mail.subject[:998],
@@ -183,10 +183,8 @@ class Registrar:
             ),
             actor=PIPELINE_ACTOR,
         )
-        message_id = session.scalars(
-            select(Message.id).where(Message.ticket_id == ticket.id, Message.inbound_id == item.id)
-        ).one()
-        self._attach(session, message_id, prepared.files)
+        ticket = registration.ticket
+        self._attach(session, registration.message_id, prepared.files)
         inbound.done(session, item, ticket_id=ticket.id)
         return Outcome(ticket.number, f"registered {ticket.number} (sender: {sender.matched_by})")
 
