@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import ReturningInsert
 
 from storage.models import (
     Channel,
     CloseReason,
     Contact,
-    Counter,
     Customer,
     Direction,
     JournalEntry,
@@ -57,6 +57,37 @@ _MARK_ASSIGNED = (
     .where(_TABLES["staff"].c.id == bindparam("staff_id"))
     .values(last_assigned_at=bindparam("assigned_at"))
 )
+
+
+def _next_in_counter(
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
+) -> ReturningInsert[tuple[int]]:
+    counters = _TABLES["counters"]
+    return (
+        insert(counters)
+        .on_conflict_do_update(
+            index_elements=[counters.c.scope], set_={"value": counters.c.value + 1}
+        )
+        .returning(counters.c.value)
+    )
+
+
+_NEXT_IN_COUNTER = {
+    "postgresql": _next_in_counter(postgresql.insert),
+    "sqlite": _next_in_counter(sqlite.insert),
+}
+_ON_DUTY = (
+    select(Staff)
+    .join(StaffQueue)
+    .where(StaffQueue.queue == bindparam("queue"), Staff.on_duty.is_(True))
+    .order_by(Staff.last_assigned_at.asc().nulls_first(), Staff.id)
+    .limit(1)
+)
+_NEXT_ON_DUTY = {
+    # Two daemons registering at once take different engineers.
+    "postgresql": _ON_DUTY.with_for_update(skip_locked=True, of=Staff),
+    "sqlite": _ON_DUTY,
+}
 
 
 class DeskError(Exception):
@@ -307,17 +338,8 @@ class Desk:
         """
         year = now.astimezone(self.zone).year
         scope = str(year) if number_scope(self.rules.number_format) == "year" else "all"
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(Counter)
-            .values(scope=scope, value=1)
-            .on_conflict_do_update(
-                index_elements=[Counter.scope], set_={"value": Counter.value + 1}
-            )
-            .returning(Counter.value)
-        )
-        seq = session.execute(stmt).scalar_one()
+        stmt = _NEXT_IN_COUNTER[session.get_bind().dialect.name]
+        seq = session.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
         return self.rules.number_format.format(year=year, seq=seq)
 
     # registration -------------------------------------------------------------------------
@@ -628,17 +650,8 @@ class Desk:
 
     def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Staff | None:
         """Round-robin: the on-duty engineer of ``queue`` who was assigned longest ago."""
-        stmt = (
-            select(Staff)
-            .join(StaffQueue)
-            .where(StaffQueue.queue == queue, Staff.on_duty.is_(True))
-            .order_by(Staff.last_assigned_at.asc().nulls_first(), Staff.id)
-            .limit(1)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            # Two daemons registering at once take different engineers.
-            stmt = stmt.with_for_update(skip_locked=True, of=Staff)
-        return session.scalars(stmt).first()
+        stmt = _NEXT_ON_DUTY[session.get_bind().dialect.name]
+        return session.scalars(stmt, {"queue": queue}).first()
 
     def _assign(
         self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"
