@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from intake.desk import Desk, Environment, FollowUp, NewRequest, NotFoundError
@@ -38,6 +38,14 @@ from storage.models import (
 )
 
 log = logging.getLogger(__name__)
+
+# Asked of every mail; built once.
+_REGISTERED_MAIL = (
+    select(Ticket.id, Ticket.number)
+    .join(Message, Message.ticket_id == Ticket.id)
+    .where(Message.message_id == bindparam("message_id"), Message.direction == Direction.IN)
+    .limit(1)
+)
 
 PIPELINE_ACTOR = "pipeline"
 HEADER_SCAN = 256 * 1024
@@ -217,16 +225,12 @@ class Registrar:
                 return ticket, matched
         return None
 
-    def _already_registered(self, session: Session, message_id: str | None) -> Ticket | None:
-        """The same mail received through another source (SMTP and IMAP) is one request."""
+    def _already_registered(self, session: Session, message_id: str | None) -> Row[int, str] | None:
+        """The ticket (id, number) of the same mail received through another source (SMTP
+        and IMAP): it is one request."""
         if message_id is None:
             return None
-        return session.scalars(
-            select(Ticket)
-            .join(Message, Message.ticket_id == Ticket.id)
-            .where(Message.message_id == message_id, Message.direction == Direction.IN)
-            .limit(1)
-        ).first()
+        return session.execute(_REGISTERED_MAIL, {"message_id": message_id}).first()
 
     def _attach(self, session: Session, message_id: int, files: Sequence[StoredFile]) -> None:
         for file in files:
