@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from intake.desk import Desk, Environment, FollowUp, NewRequest, NotFoundError
@@ -40,6 +40,7 @@ from storage.models import (
 log = logging.getLogger(__name__)
 
 # Asked of every mail; built once.
+_INSERT_ATTACHMENTS = insert(Attachment.metadata.tables["attachments"])
 _REGISTERED_MAIL = (
     select(Ticket.id, Ticket.number)
     .join(Message, Message.ticket_id == Ticket.id)
@@ -233,20 +234,26 @@ class Registrar:
         return session.execute(_REGISTERED_MAIL, {"message_id": message_id}).first()
 
     def _attach(self, session: Session, message_id: int, files: Sequence[StoredFile]) -> None:
+        if not files:
+            return
         for file in files:
             blobs.record(session, file.sha256, file.size)
-            session.add(
-                Attachment(
-                    message_id=message_id,
-                    sha256=file.sha256,
-                    filename=file.filename[:255],
-                    content_type=file.content_type[:255],
-                    size=file.size,
-                    screenshot=file.screenshot,
-                    width=file.width,
-                    height=file.height,
-                )
-            )
+        session.execute(
+            _INSERT_ATTACHMENTS,
+            [
+                {
+                    "message_id": message_id,
+                    "sha256": file.sha256,
+                    "filename": file.filename[:255],
+                    "content_type": file.content_type[:255],
+                    "size": file.size,
+                    "screenshot": file.screenshot,
+                    "width": file.width,
+                    "height": file.height,
+                }
+                for file in files
+            ],
+        )
 
     # set aside ----------------------------------------------------------------------------
 
