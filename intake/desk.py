@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import ReturningInsert
 
 from storage.models import (
     Channel,
     CloseReason,
     Contact,
-    Counter,
     Customer,
     Direction,
     JournalEntry,
@@ -41,6 +42,52 @@ from storage.models import (
 SYSTEM_ACTOR = "system"
 # Staff notifications carry the start of a customer's message; Telegram cuts the rest.
 STAFF_EXCERPT_CHARS = 4096
+NO_EMAIL_REASON = "the contact has no email address"
+
+
+# Registration's statements, built once: building and coercing a statement's values costs
+# more than running it on SQLite.
+_TABLES = Ticket.metadata.tables
+_INSERT_TICKET = insert(_TABLES["tickets"]).returning(_TABLES["tickets"].c.id)
+_INSERT_MESSAGE = insert(_TABLES["messages"]).returning(_TABLES["messages"].c.id)
+_INSERT_JOURNAL = insert(_TABLES["journal"])
+_INSERT_OUTBOX = insert(_TABLES["outbox"])
+_MARK_ASSIGNED = (
+    update(_TABLES["staff"])
+    .where(_TABLES["staff"].c.id == bindparam("staff_id"))
+    .values(last_assigned_at=bindparam("assigned_at"))
+)
+
+
+def _next_in_counter(
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
+) -> ReturningInsert[tuple[int]]:
+    counters = _TABLES["counters"]
+    return (
+        insert(counters)
+        .on_conflict_do_update(
+            index_elements=[counters.c.scope], set_={"value": counters.c.value + 1}
+        )
+        .returning(counters.c.value)
+    )
+
+
+_NEXT_IN_COUNTER = {
+    "postgresql": _next_in_counter(postgresql.insert),
+    "sqlite": _next_in_counter(sqlite.insert),
+}
+_ON_DUTY = (
+    select(Staff)
+    .join(StaffQueue)
+    .where(StaffQueue.queue == bindparam("queue"), Staff.on_duty.is_(True))
+    .order_by(Staff.last_assigned_at.asc().nulls_first(), Staff.id)
+    .limit(1)
+)
+_NEXT_ON_DUTY = {
+    # Two daemons registering at once take different engineers.
+    "postgresql": _ON_DUTY.with_for_update(skip_locked=True, of=Staff),
+    "sqlite": _ON_DUTY,
+}
 
 
 class DeskError(Exception):
@@ -255,6 +302,25 @@ class FollowUp:
     matched_by: str = ""
 
 
+@dataclass(frozen=True)
+class Registration:
+    ticket: Ticket
+    # The request's own message, to which the pipeline attaches the mail's files.
+    message_id: int
+
+
+def _due_times(
+    created_at: dt.datetime, priority: Priority, package: SupportPackage
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """When the first response and the resolution are due, from the package's targets."""
+    response = package.response_hours.get(priority)
+    resolution = package.resolution_hours.get(priority)
+    return (
+        created_at + dt.timedelta(hours=response) if response else None,
+        created_at + dt.timedelta(hours=resolution) if resolution else None,
+    )
+
+
 class Desk:
     def __init__(self, rules: DeskRules, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.rules = rules
@@ -272,22 +338,23 @@ class Desk:
         """
         year = now.astimezone(self.zone).year
         scope = str(year) if number_scope(self.rules.number_format) == "year" else "all"
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(Counter)
-            .values(scope=scope, value=1)
-            .on_conflict_do_update(
-                index_elements=[Counter.scope], set_={"value": Counter.value + 1}
-            )
-            .returning(Counter.value)
-        )
-        seq = session.execute(stmt).scalar_one()
+        stmt = _NEXT_IN_COUNTER[session.get_bind().dialect.name]
+        seq = session.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
         return self.rules.number_format.format(year=year, seq=seq)
 
     # registration -------------------------------------------------------------------------
 
     def register(self, session: Session, request: NewRequest, *, actor: str) -> Ticket:
+        return self.register_request(session, request, actor=actor).ticket
+
+    def register_request(
+        self, session: Session, request: NewRequest, *, actor: str
+    ) -> Registration:
+        """Register ``request``: the ticket, its first message, journal and outbox rows.
+
+        Written with plain INSERTs rather than the ORM's unit of work: registration is the
+        hot path of every mail and call, and the flush bookkeeping cost more than the SQL.
+        """
         customer = session.get(Customer, request.customer_id)
         if customer is None:
             raise NotFoundError(f"no customer with id {request.customer_id}")
@@ -306,70 +373,108 @@ class Desk:
         else:
             assignee, rule = self.next_on_duty(session, queue, now), "round-robin"
         env = request.environment
-        # The number is taken last, just before the single flush below, so that the
+        subject = request.subject.strip() or "(no subject)"
+        response_due_at, resolution_due_at = _due_times(now, priority, package)
+        # The number is taken last, just before the ticket is written, so that the
         # counter's row lock (PostgreSQL) is held for as short a time as possible.
-        ticket = Ticket(
-            number=self.allocate_number(session, now),
-            kind=request.kind,
-            priority=priority,
-            status=Status.NEW,
-            subject=request.subject.strip() or "(no subject)",
-            description=request.description,
-            channel=request.channel,
-            queue=queue,
-            customer=customer,
-            contact=contact,
-            env_os=env.os,
-            env_os_version=env.os_version,
-            env_product=env.product,
-            env_product_version=env.product_version,
-            env_browser=env.browser,
-            env_browser_version=env.browser_version,
-            created_at=now,
-            updated_at=now,
-        )
-        self._set_due_times(ticket, package)
-        session.add(ticket)
-        session.add(
-            Message(
-                ticket=ticket,
-                direction=Direction.IN,
-                author=request.author,
-                subject=ticket.subject,
-                text=request.description,
-                html=request.html,
-                message_id=request.message_id,
-                in_reply_to=request.in_reply_to,
-                inbound_id=request.inbound_id,
-                created_at=now,
+        number = self.allocate_number(session, now)
+        ticket_id = session.execute(
+            _INSERT_TICKET,
+            {
+                "number": number,
+                "kind": request.kind,
+                "priority": priority,
+                "status": Status.NEW,
+                "subject": subject,
+                "description": request.description,
+                "channel": request.channel,
+                "queue": queue,
+                "customer_id": customer.id,
+                "contact_id": contact.id if contact else None,
+                "assignee_id": assignee.id if assignee else None,
+                "env_os": env.os,
+                "env_os_version": env.os_version,
+                "env_product": env.product,
+                "env_product_version": env.product_version,
+                "env_browser": env.browser,
+                "env_browser_version": env.browser_version,
+                "created_at": now,
+                "updated_at": now,
+                "response_due_at": response_due_at,
+                "resolution_due_at": resolution_due_at,
+            },
+        ).scalar_one()
+        message_id = session.execute(
+            _INSERT_MESSAGE,
+            {
+                "ticket_id": ticket_id,
+                "direction": Direction.IN,
+                "author": request.author,
+                "subject": subject,
+                "text": request.description,
+                "html": request.html,
+                "message_id": request.message_id,
+                "in_reply_to": request.in_reply_to,
+                "inbound_id": request.inbound_id,
+                "created_at": now,
+            },
+        ).scalar_one()
+        journal = [
+            self._journal_row(
+                ticket_id,
+                actor,
+                "registered",
+                number=number,
+                kind=request.kind.value,
+                priority=priority.value,
+                channel=request.channel.value,
+                queue=queue,
+                package=package.name,
             )
-        )
-        self.journal(
-            session,
-            ticket,
-            actor,
-            "registered",
-            number=ticket.number,
-            kind=ticket.kind.value,
-            priority=ticket.priority.value,
-            channel=ticket.channel.value,
-            queue=ticket.queue,
-            package=package.name,
-        )
+        ]
         if assignee is not None:
-            self._assign(
-                session, ticket, assignee, actor if rule == "explicit" else SYSTEM_ACTOR, rule=rule
+            session.execute(_MARK_ASSIGNED, {"staff_id": assignee.id, "assigned_at": now})
+            # The row is written; the loaded engineer must not be flushed again.
+            set_committed_value(assignee, "last_assigned_at", now)
+            journal.append(
+                self._journal_row(
+                    ticket_id,
+                    actor if rule == "explicit" else SYSTEM_ACTOR,
+                    "assigned",
+                    assignee=assignee.name,
+                    previous=None,
+                    rule=rule,
+                )
             )
-        self._notify_contact(
-            session,
-            ticket,
+        outbox = []
+        acknowledgement = self._contact_mail(
+            contact,
+            number,
+            Status.NEW,
             "acknowledgement",
             in_reply_to=request.message_id,
             missing=list(request.missing) or None,
         )
-        self._notify_staff(session, ticket, "new_ticket")
-        session.flush()
-        return ticket
+        if acknowledgement is None:
+            journal.append(
+                self._journal_row(
+                    ticket_id,
+                    SYSTEM_ACTOR,
+                    "notification_skipped",
+                    template="acknowledgement",
+                    reason=NO_EMAIL_REASON,
+                )
+            )
+        else:
+            outbox.append({"ticket_id": ticket_id, **acknowledgement})
+        outbox += [
+            {"ticket_id": ticket_id, **row} for row in self._staff_rows(number, "new_ticket")
+        ]
+        session.execute(_INSERT_JOURNAL, journal)
+        if outbox:
+            session.execute(_INSERT_OUTBOX, outbox)
+        ticket = session.get_one(Ticket, ticket_id)
+        return Registration(ticket, message_id)
 
     def follow_up(
         self, session: Session, ticket: Ticket, follow: FollowUp, *, actor: str
@@ -423,13 +528,8 @@ class Desk:
         return shift_priority(base, package.priority_shift)
 
     def _set_due_times(self, ticket: Ticket, package: SupportPackage) -> None:
-        response = package.response_hours.get(ticket.priority)
-        resolution = package.resolution_hours.get(ticket.priority)
-        ticket.response_due_at = (
-            ticket.created_at + dt.timedelta(hours=response) if response else None
-        )
-        ticket.resolution_due_at = (
-            ticket.created_at + dt.timedelta(hours=resolution) if resolution else None
+        ticket.response_due_at, ticket.resolution_due_at = _due_times(
+            ticket.created_at, ticket.priority, package
         )
 
     # lookup -------------------------------------------------------------------------------
@@ -550,17 +650,8 @@ class Desk:
 
     def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Staff | None:
         """Round-robin: the on-duty engineer of ``queue`` who was assigned longest ago."""
-        stmt = (
-            select(Staff)
-            .join(StaffQueue)
-            .where(StaffQueue.queue == queue, Staff.on_duty.is_(True))
-            .order_by(Staff.last_assigned_at.asc().nulls_first(), Staff.id)
-            .limit(1)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            # Two daemons registering at once take different engineers.
-            stmt = stmt.with_for_update(skip_locked=True, of=Staff)
-        return session.scalars(stmt).first()
+        stmt = _NEXT_ON_DUTY[session.get_bind().dialect.name]
+        return session.scalars(stmt, {"queue": queue}).first()
 
     def _assign(
         self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"
@@ -645,24 +736,41 @@ class Desk:
         session.add(entry)
         return entry
 
+    def _journal_row(
+        self, ticket_id: int, actor: str, action: str, **details: Any
+    ) -> dict[str, Any]:
+        """A journal entry as column values, for an INSERT of several at once."""
+        return {
+            "ticket_id": ticket_id,
+            "actor": actor,
+            "action": action,
+            "details": details,
+            "at": self.clock(),
+        }
+
     def _notify_staff(
         self, session: Session, ticket: Ticket, template: str, **payload: Any
     ) -> None:
         """One Telegram row per staff chat; rendered from the ticket when it is sent."""
-        for chat in self.rules.staff_chats:
-            session.add(
-                OutboxItem(
-                    ticket=ticket,
-                    channel="telegram",
-                    template=template,
-                    recipient=str(chat),
-                    payload={
-                        "number": ticket.number,
-                        "language": self.rules.default_language,
-                        **{k: v for k, v in payload.items() if v is not None},
-                    },
-                )
-            )
+        for row in self._staff_rows(ticket.number, template, **payload):
+            session.add(OutboxItem(ticket=ticket, **row))
+
+    def _staff_rows(self, number: str, template: str, **payload: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "channel": "telegram",
+                "template": template,
+                "recipient": str(chat),
+                # Every row of one INSERT names the same columns.
+                "message_id": None,
+                "payload": {
+                    "number": number,
+                    "language": self.rules.default_language,
+                    **{k: v for k, v in payload.items() if v is not None},
+                },
+            }
+            for chat in self.rules.staff_chats
+        ]
 
     def _notify_contact(
         self,
@@ -673,30 +781,49 @@ class Desk:
         in_reply_to: str | None = None,
         **payload: Any,
     ) -> None:
-        contact = ticket.contact
-        if contact is None or not contact.email:
+        row = self._contact_mail(
+            ticket.contact,
+            ticket.number,
+            ticket.status,
+            template,
+            in_reply_to=in_reply_to,
+            **payload,
+        )
+        if row is None:
             self.journal(
                 session,
                 ticket,
                 SYSTEM_ACTOR,
                 "notification_skipped",
                 template=template,
-                reason="the contact has no email address",
+                reason=NO_EMAIL_REASON,
             )
             return
-        session.add(
-            OutboxItem(
-                ticket=ticket,
-                channel="email",
-                template=template,
-                recipient=contact.email,
-                message_id=f"<{uuid.uuid4().hex}@{self.rules.message_id_domain}>",
-                payload={
-                    "number": ticket.number,
-                    "status": ticket.status.value,
-                    "language": contact.language or self.rules.default_language,
-                    "in_reply_to": in_reply_to,
-                    **{k: v for k, v in payload.items() if v is not None},
-                },
-            )
-        )
+        session.add(OutboxItem(ticket=ticket, **row))
+
+    def _contact_mail(
+        self,
+        contact: Contact | None,
+        number: str,
+        status: Status,
+        template: str,
+        *,
+        in_reply_to: str | None = None,
+        **payload: Any,
+    ) -> dict[str, Any] | None:
+        """The contact's email as outbox column values; None when there is no address."""
+        if contact is None or not contact.email:
+            return None
+        return {
+            "channel": "email",
+            "template": template,
+            "recipient": contact.email,
+            "message_id": f"<{uuid.uuid4().hex}@{self.rules.message_id_domain}>",
+            "payload": {
+                "number": number,
+                "status": status.value,
+                "language": contact.language or self.rules.default_language,
+                "in_reply_to": in_reply_to,
+                **{k: v for k, v in payload.items() if v is not None},
+            },
+        }

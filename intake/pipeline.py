@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, defer
 
 from intake.registrar import Registrar
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 MAIL_CHANNELS = ("smtp", "imap")
 
 MAX_ERROR_LENGTH = 2000
+
+# The item again, locked, without its raw bytes (parsed already); built once.
+_CLAIMED_ITEM = (
+    select(InboundItem)
+    .options(defer(InboundItem.raw))
+    .where(InboundItem.id == bindparam("item_id"))
+    .with_for_update()
+)
 
 
 class Pipeline:
@@ -135,9 +144,7 @@ class Pipeline:
     def _still_ours(self, session: Session, item: InboundItem) -> InboundItem | None:
         """The item, locked, if our claim still holds: a lease that ran out may have let
         another worker claim it, and then that worker alone may finish it."""
-        current = session.get(
-            InboundItem, item.id, with_for_update=True, options=[defer(InboundItem.raw)]
-        )
+        current = session.scalars(_CLAIMED_ITEM, {"item_id": item.id}).one_or_none()
         if current is None or current.state is not InboundState.PROCESSING:
             return None
         return current if current.attempts == item.attempts else None

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from intake.desk import Desk, Environment, FollowUp, NewRequest, NotFoundError
@@ -38,6 +38,15 @@ from storage.models import (
 )
 
 log = logging.getLogger(__name__)
+
+# Asked of every mail; built once.
+_INSERT_ATTACHMENTS = insert(Attachment.metadata.tables["attachments"])
+_REGISTERED_MAIL = (
+    select(Ticket.id, Ticket.number)
+    .join(Message, Message.ticket_id == Ticket.id)
+    .where(Message.message_id == bindparam("message_id"), Message.direction == Direction.IN)
+    .limit(1)
+)
 
 PIPELINE_ACTOR = "pipeline"
 HEADER_SCAN = 256 * 1024
@@ -163,7 +172,7 @@ class Registrar:
         )
         if sender.customer is None:
             return self._refuse(session, item, mail, answer=sender.contactable)
-        ticket = self.desk.register(
+        registration = self.desk.register_request(
             session,
             NewRequest(
                 subject=mail.subject[:998],
@@ -183,10 +192,8 @@ class Registrar:
             ),
             actor=PIPELINE_ACTOR,
         )
-        message_id = session.scalars(
-            select(Message.id).where(Message.ticket_id == ticket.id, Message.inbound_id == item.id)
-        ).one()
-        self._attach(session, message_id, prepared.files)
+        ticket = registration.ticket
+        self._attach(session, registration.message_id, prepared.files)
         inbound.done(session, item, ticket_id=ticket.id)
         return Outcome(ticket.number, f"registered {ticket.number} (sender: {sender.matched_by})")
 
@@ -219,32 +226,34 @@ class Registrar:
                 return ticket, matched
         return None
 
-    def _already_registered(self, session: Session, message_id: str | None) -> Ticket | None:
-        """The same mail received through another source (SMTP and IMAP) is one request."""
+    def _already_registered(self, session: Session, message_id: str | None) -> Row[int, str] | None:
+        """The ticket (id, number) of the same mail received through another source (SMTP
+        and IMAP): it is one request."""
         if message_id is None:
             return None
-        return session.scalars(
-            select(Ticket)
-            .join(Message, Message.ticket_id == Ticket.id)
-            .where(Message.message_id == message_id, Message.direction == Direction.IN)
-            .limit(1)
-        ).first()
+        return session.execute(_REGISTERED_MAIL, {"message_id": message_id}).first()
 
     def _attach(self, session: Session, message_id: int, files: Sequence[StoredFile]) -> None:
+        if not files:
+            return
         for file in files:
             blobs.record(session, file.sha256, file.size)
-            session.add(
-                Attachment(
-                    message_id=message_id,
-                    sha256=file.sha256,
-                    filename=file.filename[:255],
-                    content_type=file.content_type[:255],
-                    size=file.size,
-                    screenshot=file.screenshot,
-                    width=file.width,
-                    height=file.height,
-                )
-            )
+        session.execute(
+            _INSERT_ATTACHMENTS,
+            [
+                {
+                    "message_id": message_id,
+                    "sha256": file.sha256,
+                    "filename": file.filename[:255],
+                    "content_type": file.content_type[:255],
+                    "size": file.size,
+                    "screenshot": file.screenshot,
+                    "width": file.width,
+                    "height": file.height,
+                }
+                for file in files
+            ],
+        )
 
     # set aside ----------------------------------------------------------------------------
 

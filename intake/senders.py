@@ -9,15 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from intake.desk import DeskError
 from intake.directory import LANGUAGES, normalize_email
 from storage.models import Contact, Customer
 
 MAX_ADDRESS = 320  # RFC 5321's limit, and the width of the address columns
+
+# Asked of every mail; built once, with the customer in the same query.
+_CONTACT_BY_EMAIL = (
+    select(Contact).options(joinedload(Contact.customer)).where(Contact.email == bindparam("email"))
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def match_sender(
             return Sender(None, None, "no valid sender address", contactable=False)
         # Registered all the same, without anyone to answer to.
         return Sender(_unassigned(session, policy), None, "no valid sender address")
-    contact = session.scalars(select(Contact).where(Contact.email == email)).one_or_none()
+    contact = session.scalars(_CONTACT_BY_EMAIL, {"email": email}).one_or_none()
     if contact is not None:
         return Sender(contact.customer, contact, "contact")
     domain = email.rpartition("@")[2]

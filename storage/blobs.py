@@ -11,8 +11,10 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import Executable, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -70,12 +72,18 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _insert_once(insert: Callable[[Table], postgresql.Insert | sqlite.Insert]) -> Executable:
+    return insert(Blob.metadata.tables["blobs"]).on_conflict_do_nothing(index_elements=["sha256"])
+
+
+# Built once: every stored attachment asks for it.
+_INSERT_ONCE = {
+    "postgresql": _insert_once(postgresql.insert),
+    "sqlite": _insert_once(sqlite.insert),
+}
+
+
 def record(session: Session, sha256: str, size: int) -> None:
     """The blob's row, once per sha256, in the caller's transaction."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(
-        insert(Blob)
-        .values(sha256=sha256, size=size)
-        .on_conflict_do_nothing(index_elements=["sha256"])
-    )
+    stmt = _INSERT_ONCE[session.get_bind().dialect.name]
+    session.execute(stmt, {"sha256": sha256, "size": size})

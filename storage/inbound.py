@@ -12,12 +12,15 @@ registered twice.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import BindParameter, Select, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.models import InboundItem, InboundState, utcnow
 
@@ -87,6 +90,33 @@ def claim(
     ``sources`` names sources exactly (``telephony:twilio``); ``channels`` names families of
     them (``imap`` is every ``imap:<mailbox>``), so each worker takes only what it reads."""
     now = now or utcnow()
+    dialect = session.get_bind().dialect.name
+    stmt = _due_items(
+        dialect,
+        limit,
+        tuple(sources) if sources is not None else None,
+        tuple(channels) if channels is not None else None,
+    )
+    items = session.scalars(stmt, {"now": now}).all()
+    until = now + lease
+    for item in items:
+        attempts = item.attempts + 1
+        session.execute(
+            _MARK_CLAIMED, {"item_id": item.id, "new_attempts": attempts, "until": until}
+        )
+        _written(item, state=InboundState.PROCESSING, attempts=attempts, next_attempt_at=until)
+    return items
+
+
+@functools.lru_cache(maxsize=64)
+def _due_items(
+    dialect: str,
+    limit: int,
+    sources: tuple[str, ...] | None,
+    channels: tuple[str, ...] | None,
+) -> Select[InboundItem]:
+    """The claim's query, built once per shape: building it cost more than running it."""
+    now: BindParameter[dt.datetime] = bindparam("now")
     due = or_(InboundItem.next_attempt_at.is_(None), InboundItem.next_attempt_at <= now)
     stmt = (
         select(InboundItem)
@@ -111,23 +141,51 @@ def claim(
                 *(InboundItem.source.startswith(f"{channel}:") for channel in channels),
             )
         )
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    items = session.scalars(stmt).all()
-    for item in items:
-        item.state = InboundState.PROCESSING
-        item.attempts += 1
-        item.next_attempt_at = now + lease
-    session.flush()
-    return items
+    return stmt
+
+
+_INBOUND = InboundItem.metadata.tables["inbound"]
+_MARK_CLAIMED = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("item_id"))
+    .values(
+        state=InboundState.PROCESSING,
+        attempts=bindparam("new_attempts"),
+        next_attempt_at=bindparam("until"),
+    )
+)
+_MARK_DONE = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("item_id"))
+    .values(
+        state=InboundState.DONE,
+        ticket_id=bindparam("done_ticket_id"),
+        error=None,
+        next_attempt_at=None,
+        processed_at=bindparam("done_at"),
+    )
+)
+
+
+def _written(item: InboundItem, **values: Any) -> None:
+    """Tell the loaded item what an UPDATE just wrote, without it being flushed again."""
+    for name, value in values.items():
+        set_committed_value(item, name, value)
 
 
 def done(session: Session, item: InboundItem, *, ticket_id: int | None) -> None:
-    item.state = InboundState.DONE
-    item.ticket_id = ticket_id
-    item.error = None
-    item.next_attempt_at = None
-    item.processed_at = utcnow()
+    now = utcnow()
+    session.execute(_MARK_DONE, {"item_id": item.id, "done_ticket_id": ticket_id, "done_at": now})
+    _written(
+        item,
+        state=InboundState.DONE,
+        ticket_id=ticket_id,
+        error=None,
+        next_attempt_at=None,
+        processed_at=now,
+    )
 
 
 def ignored(session: Session, item: InboundItem, *, reason: str) -> None:
