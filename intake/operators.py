@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,8 +26,17 @@ from intake.desk import Desk, DeskError, Environment, FollowUp, NewRequest, NotF
 from intake.directory import normalize_email, normalize_phone
 from storage.models import Call, Channel, Contact, Kind, Ticket
 
-Line = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-Version = Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)]
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text cannot hold NUL; a 422 now beats a failed transaction later.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = AfterValidator(_no_nul)
+Line = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), Text]
+Version = Annotated[str, StringConstraints(strip_whitespace=True, max_length=64), Text]
 
 
 class CallLog(BaseModel):
@@ -30,8 +46,10 @@ class CallLog(BaseModel):
 
     phone: Line | None = None
     email: Line | None = None
-    subject: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=998)]
-    description: Annotated[str, Field(max_length=100_000)] = ""
+    subject: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=998), Text
+    ]
+    description: Annotated[str, Field(max_length=100_000), Text] = ""
     kind: Kind = Kind.INCIDENT
     os: Version | None = None
     os_version: Version | None = None

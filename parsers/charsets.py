@@ -183,8 +183,11 @@ def _mostly_utf8(data: bytes) -> Decoded | None:
 
 
 def valid_unicode(text: str) -> str:
-    """``text`` encodable as UTF-8: surrogate pairs (UTF-7, RTF ``\\u``) joined, lone
-    surrogates replaced with U+FFFD."""
+    """``text`` encodable as UTF-8 and storable as database text: surrogate pairs (UTF-7,
+    RTF ``\\u``) joined, lone surrogates replaced with U+FFFD, NUL characters dropped
+    (PostgreSQL text cannot hold them)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
     if _SURROGATE.search(text) is None:
         return text
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -92,6 +92,8 @@ def split_header_block(buf: bytes, start: int, end: int) -> tuple[HeaderBlock, i
         pos = next_pos
     if current_name is not None:
         fields.append((current_name, _unfold(current)))
+    # NUL has no place in a header and cannot be stored as database text.
+    fields = [(key, value.replace(b"\x00", b"")) for key, value in fields]
     return HeaderBlock(tuple(fields)), pos, malformed
 
 

@@ -15,6 +15,7 @@ from parsers.replies import split
 from parsers.screenshots import sniff
 from parsers.text import html_to_text, sanitize_html
 from parsers.versions import extract
+from tests.parsers.unicode_check import assert_writable
 
 REQUIRED_JSON_KEYS = {
     "subject", "from", "to", "cc", "date", "message_id", "in_reply_to", "references",
@@ -314,3 +315,16 @@ def test_parts_over_the_cap_are_counted_in_the_warning() -> None:
            + b"--b\r\n\r\nx\r\n" * 1200 + b"--b--\r\n")
     warnings = parse_mail(raw).warnings
     assert "the 201 remaining parts of this multipart were skipped" in warnings[0]
+
+
+def test_nul_characters_never_reach_the_result() -> None:
+    parsed = parse_mail(
+        b"From: a\x00b@x.example\r\nSubject: =?utf-8?Q?he=00llo?= x\x00y\r\n"
+        b"Message-ID: <a\x00b@x>\r\n\r\nbody\x00text\r\n"
+    )
+    assert (parsed.subject, parsed.from_address, parsed.message_id) == (
+        "hello xy",
+        "ab@x.example",
+        "<ab@x>",
+    )
+    assert_writable(parsed)

@@ -27,4 +27,6 @@ def assert_writable(parsed: ParsedMail) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise AssertionError(f"{path} is not valid Unicode: {text[:80]!r}") from exc
+        # PostgreSQL text cannot hold NUL: a mail carrying one must still be storable.
+        assert "\x00" not in text, f"{path} contains NUL: {text[:80]!r}"
     json.dumps(as_json(parsed), ensure_ascii=False).encode("utf-8")
