@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -42,8 +43,15 @@ def seed(db: Database) -> Seed:
 
 
 def register(
-    db: Database, desk: Desk, seed: Seed, *, kind: Kind = Kind.INCIDENT, subject: str = "Help"
+    db: Database,
+    desk: Desk,
+    seed: Seed,
+    *,
+    kind: Kind = Kind.INCIDENT,
+    subject: str = "Help",
+    **fields: Any,
 ) -> Ticket:
+    """An email request from the seeded contact; ``fields`` go into the NewRequest."""
     with db.transaction() as session:
         return desk.register(
             session,
@@ -53,6 +61,7 @@ def register(
                 customer_id=seed.customer_id,
                 contact_id=seed.contact_id,
                 kind=kind,
+                **fields,
             ),
             actor="test",
         )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from intake.desk import Desk, DeskRules, Environment, NewRequest
+from intake.desk import Desk, DeskRules, Environment
 from intake.directory import add_contact, add_customer, add_staff
 from notifiers.email import EmailChannel, PreparedMail, Sender
 from notifiers.outbox import OutboxWorker
@@ -17,7 +17,8 @@ from notifiers.policy import MailPolicy
 from notifiers.render import environment
 from notifiers.transports import SmtpSettings, SmtpTransport, Transport
 from storage.db import Database
-from storage.models import Channel, JournalEntry, Kind, OutboxItem, Priority, Ticket
+from storage.models import JournalEntry, Kind, OutboxItem, Priority, Ticket
+from tests.intake.conftest import register as register_request
 from tests.peers.smtp import SmtpPeer
 from tests.peers.telegram import BotApi
 
@@ -79,22 +80,17 @@ def register(
     message_id: str | None = "<c1@acme.example>",
     priority: Priority | None = None,
 ) -> Ticket:
-    with db.transaction() as session:
-        return desk.register(
-            session,
-            NewRequest(
-                subject=subject,
-                channel=Channel.EMAIL,
-                customer_id=seed.customer_id,
-                contact_id=seed.contact_id,
-                kind=kind,
-                description=description,
-                environment=environment,
-                message_id=message_id,
-                priority=priority,
-            ),
-            actor="test",
-        )
+    return register_request(
+        db,
+        desk,
+        seed,  # carries the customer and contact ids the intake helper uses
+        subject=subject,
+        kind=kind,
+        description=description,
+        environment=environment,
+        message_id=message_id,
+        priority=priority,
+    )
 
 
 def rows(db: Database, channel: str) -> list[OutboxItem]:
