@@ -15,17 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Row, Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningInsert
 
 from storage.models import (
     Channel,
     CloseReason,
-    Contact,
-    Customer,
     Direction,
     JournalEntry,
     Kind,
@@ -76,18 +73,54 @@ _NEXT_IN_COUNTER = {
     "postgresql": _next_in_counter(postgresql.insert),
     "sqlite": _next_in_counter(sqlite.insert),
 }
+_STAFF = _TABLES["staff"]
 _ON_DUTY = (
-    select(Staff)
+    select(_STAFF.c.id, _STAFF.c.name)
     .join(StaffQueue)
-    .where(StaffQueue.queue == bindparam("queue"), Staff.on_duty.is_(True))
-    .order_by(Staff.last_assigned_at.asc().nulls_first(), Staff.id)
+    .where(StaffQueue.queue == bindparam("queue"), _STAFF.c.on_duty.is_(True))
+    .order_by(_STAFF.c.last_assigned_at.asc().nulls_first(), _STAFF.c.id)
     .limit(1)
 )
 _NEXT_ON_DUTY = {
     # Two daemons registering at once take different engineers.
-    "postgresql": _ON_DUTY.with_for_update(skip_locked=True, of=Staff),
+    "postgresql": _ON_DUTY.with_for_update(skip_locked=True, of=_STAFF),
     "sqlite": _ON_DUTY,
 }
+_STAFF_BY_NAME = select(_STAFF.c.id, _STAFF.c.name).where(_STAFF.c.name == bindparam("name"))
+_CUSTOMERS = _TABLES["customers"]
+_CONTACTS = _TABLES["contacts"]
+# The customer, and the contact when one is named, in one query.
+_REQUESTER = (
+    select(
+        _CUSTOMERS.c.id,
+        _CUSTOMERS.c.name,
+        _CUSTOMERS.c.package,
+        _CONTACTS.c.id.label("contact_id"),
+        _CONTACTS.c.customer_id.label("contact_customer_id"),
+        _CONTACTS.c.email,
+        _CONTACTS.c.language,
+    )
+    .select_from(_CUSTOMERS.outerjoin(_CONTACTS, _CONTACTS.c.id == bindparam("contact_id")))
+    .where(_CUSTOMERS.c.id == bindparam("customer_id"))
+)
+_TICKETS = _TABLES["tickets"]
+# What a follow-up needs of its ticket, locked until the commit.
+_FOLLOWED_TICKET = (
+    select(_TICKETS.c.number, _TICKETS.c.status, _CONTACTS.c.email, _CONTACTS.c.language)
+    .select_from(_TICKETS.outerjoin(_CONTACTS, _CONTACTS.c.id == _TICKETS.c.contact_id))
+    .where(_TICKETS.c.id == bindparam("ticket_id"))
+    .with_for_update(of=_TICKETS)
+)
+# Exact first (the unique index); people also type numbers in lower case.
+_TICKET_ID_BY_NUMBER: tuple[Select[int], ...] = (
+    select(_TICKETS.c.id).where(_TICKETS.c.number == bindparam("number")),
+    select(_TICKETS.c.id).where(func.upper(_TICKETS.c.number) == bindparam("upper")),
+)
+_TOUCH_TICKET = (
+    update(_TICKETS)
+    .where(_TICKETS.c.id == bindparam("ticket_id"))
+    .values(status=bindparam("new_status"), updated_at=bindparam("touched_at"))
+)
 
 
 class DeskError(Exception):
@@ -190,6 +223,19 @@ def next_status(status: Status, event: str) -> Status:
             f"(only from: {allowed})"
         )
     return transition.target
+
+
+def _transition_details(
+    event: str, source: Status, target: Status, *, note: str | None
+) -> dict[str, Any]:
+    """What the journal records of a status change."""
+    details: dict[str, Any] = {"event": event, "from": source.value, "to": target.value}
+    close_reason = TRANSITIONS_BY_EVENT[event].close_reason
+    if close_reason is not None:
+        details["close_reason"] = close_reason.value
+    if note:
+        details["note"] = note
+    return details
 
 
 def events_between(source: Status, target: Status) -> list[Transition]:
@@ -304,8 +350,17 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class Registration:
-    ticket: Ticket
+    ticket_id: int
+    number: str
     # The request's own message, to which the pipeline attaches the mail's files.
+    message_id: int
+
+
+@dataclass(frozen=True)
+class FollowedUp:
+    ticket_id: int
+    number: str
+    # The customer's message, to which the pipeline attaches the mail's files.
     message_id: int
 
 
@@ -345,7 +400,8 @@ class Desk:
     # registration -------------------------------------------------------------------------
 
     def register(self, session: Session, request: NewRequest, *, actor: str) -> Ticket:
-        return self.register_request(session, request, actor=actor).ticket
+        registration = self.register_request(session, request, actor=actor)
+        return session.get_one(Ticket, registration.ticket_id)
 
     def register_request(
         self, session: Session, request: NewRequest, *, actor: str
@@ -355,21 +411,27 @@ class Desk:
         Written with plain INSERTs rather than the ORM's unit of work: registration is the
         hot path of every mail and call, and the flush bookkeeping cost more than the SQL.
         """
-        customer = session.get(Customer, request.customer_id)
-        if customer is None:
+        requester = session.execute(
+            _REQUESTER,
+            {"customer_id": request.customer_id, "contact_id": request.contact_id or None},
+        ).first()
+        if requester is None:
             raise NotFoundError(f"no customer with id {request.customer_id}")
-        contact = session.get(Contact, request.contact_id) if request.contact_id else None
-        if request.contact_id and (contact is None or contact.customer_id != customer.id):
+        if request.contact_id and requester.contact_customer_id != requester.id:
             raise NotFoundError(
-                f"no contact with id {request.contact_id} at customer {customer.name!r}"
+                f"no contact with id {request.contact_id} at customer {requester.name!r}"
             )
+        contact_id = requester.contact_id if request.contact_id else None
         now = self.clock()
-        package = self.rules.package(customer.package)
+        package = self.rules.package(requester.package)
         priority = request.priority or self._priority_for(request, package)
         queue = request.queue or self.rules.default_queue
-        assignee: Staff | None
+        assignee: Row[int, str] | None
         if request.assignee:
-            assignee, rule = self._staff_by_name(session, request.assignee), "explicit"
+            assignee = session.execute(_STAFF_BY_NAME, {"name": request.assignee}).first()
+            if assignee is None:
+                raise NotFoundError(f"no staff member {request.assignee!r}")
+            rule = "explicit"
         else:
             assignee, rule = self.next_on_duty(session, queue, now), "round-robin"
         env = request.environment
@@ -389,8 +451,8 @@ class Desk:
                 "description": request.description,
                 "channel": request.channel,
                 "queue": queue,
-                "customer_id": customer.id,
-                "contact_id": contact.id if contact else None,
+                "customer_id": requester.id,
+                "contact_id": contact_id,
                 "assignee_id": assignee.id if assignee else None,
                 "env_os": env.os,
                 "env_os_version": env.os_version,
@@ -434,8 +496,6 @@ class Desk:
         ]
         if assignee is not None:
             session.execute(_MARK_ASSIGNED, {"staff_id": assignee.id, "assigned_at": now})
-            # The row is written; the loaded engineer must not be flushed again.
-            set_committed_value(assignee, "last_assigned_at", now)
             journal.append(
                 self._journal_row(
                     ticket_id,
@@ -448,7 +508,8 @@ class Desk:
             )
         outbox = []
         acknowledgement = self._contact_mail(
-            contact,
+            requester.email if contact_id else None,
+            requester.language,
             number,
             Status.NEW,
             "acknowledgement",
@@ -456,15 +517,7 @@ class Desk:
             missing=list(request.missing) or None,
         )
         if acknowledgement is None:
-            journal.append(
-                self._journal_row(
-                    ticket_id,
-                    SYSTEM_ACTOR,
-                    "notification_skipped",
-                    template="acknowledgement",
-                    reason=NO_EMAIL_REASON,
-                )
-            )
+            journal.append(self._skipped_row(ticket_id, "acknowledgement"))
         else:
             outbox.append({"ticket_id": ticket_id, **acknowledgement})
         outbox += [
@@ -473,51 +526,101 @@ class Desk:
         session.execute(_INSERT_JOURNAL, journal)
         if outbox:
             session.execute(_INSERT_OUTBOX, outbox)
-        ticket = session.get_one(Ticket, ticket_id)
-        return Registration(ticket, message_id)
+        return Registration(ticket_id, number, message_id)
 
     def follow_up(
         self, session: Session, ticket: Ticket, follow: FollowUp, *, actor: str
     ) -> Message:
+        """``add_follow_up`` for a loaded ticket, which then reads what it wrote."""
+        session.flush()
+        added = self.add_follow_up(session, ticket.id, follow, actor=actor)
+        session.expire(ticket, ["status", "updated_at", "messages", "journal"])
+        return session.get_one(Message, added.message_id)
+
+    def add_follow_up(
+        self, session: Session, ticket_id: int, follow: FollowUp, *, actor: str
+    ) -> FollowedUp:
         """Append the customer's message; an answer to our question puts the ticket back in
         progress. Resolved and closed tickets keep the message and its journal entry only:
-        confirmation and objection are decided by staff for now."""
+        confirmation and objection are decided by staff for now.
+
+        Plain statements, like registration: every reply to our mail comes this way."""
+        ticket = session.execute(_FOLLOWED_TICKET, {"ticket_id": ticket_id}).first()
+        if ticket is None:
+            raise NotFoundError(f"no ticket with id {ticket_id}")
         now = self.clock()
-        message = Message(
-            ticket=ticket,
-            direction=Direction.IN,
-            author=follow.author,
-            subject=follow.subject,
-            text=follow.text,
-            html=follow.html,
-            message_id=follow.message_id,
-            in_reply_to=follow.in_reply_to,
-            inbound_id=follow.inbound_id,
-            created_at=now,
-        )
-        session.add(message)
-        ticket.updated_at = now
-        self.journal(
-            session,
-            ticket,
-            actor,
-            "follow_up_received",
-            message_id=follow.message_id,
-            matched_by=follow.matched_by,
-            status=ticket.status.value,
-        )
-        if ticket.status is Status.WAITING_CUSTOMER:
-            self.apply(session, ticket, "customer_replied", actor=actor)
-        elif ticket.status in (Status.NEW, Status.IN_PROGRESS):
-            self._notify_contact(
-                session, ticket, "follow_up_received", in_reply_to=follow.message_id
+        message_id = session.execute(
+            _INSERT_MESSAGE,
+            {
+                "ticket_id": ticket_id,
+                "direction": Direction.IN,
+                "author": follow.author,
+                "subject": follow.subject,
+                "text": follow.text,
+                "html": follow.html,
+                "message_id": follow.message_id,
+                "in_reply_to": follow.in_reply_to,
+                "inbound_id": follow.inbound_id,
+                "created_at": now,
+            },
+        ).scalar_one()
+        journal = [
+            self._journal_row(
+                ticket_id,
+                actor,
+                "follow_up_received",
+                message_id=follow.message_id,
+                matched_by=follow.matched_by,
+                status=ticket.status.value,
             )
-        if ticket.status is Status.IN_PROGRESS:
-            self._notify_staff(
-                session, ticket, "follow_up", message=follow.text[:STAFF_EXCERPT_CHARS]
+        ]
+        outbox = []
+        status = ticket.status
+        template, mail = None, None
+        if status is Status.WAITING_CUSTOMER:
+            event = "customer_replied"
+            status = next_status(ticket.status, event)
+            journal.append(
+                self._journal_row(
+                    ticket_id,
+                    actor,
+                    "status_changed",
+                    **_transition_details(event, ticket.status, status, note=None),
+                )
             )
-        session.flush()
-        return message
+            template = f"status_{status.value}"
+            mail = self._contact_mail(
+                ticket.email, ticket.language, ticket.number, status, template, event=event
+            )
+        elif status in (Status.NEW, Status.IN_PROGRESS):
+            template = "follow_up_received"
+            mail = self._contact_mail(
+                ticket.email,
+                ticket.language,
+                ticket.number,
+                status,
+                template,
+                in_reply_to=follow.message_id,
+            )
+        if template is not None:
+            if mail is None:
+                journal.append(self._skipped_row(ticket_id, template))
+            else:
+                outbox.append({"ticket_id": ticket_id, **mail})
+        if status is Status.IN_PROGRESS:
+            outbox += [
+                {"ticket_id": ticket_id, **row}
+                for row in self._staff_rows(
+                    ticket.number, "follow_up", message=follow.text[:STAFF_EXCERPT_CHARS]
+                )
+            ]
+        session.execute(
+            _TOUCH_TICKET, {"ticket_id": ticket_id, "new_status": status, "touched_at": now}
+        )
+        session.execute(_INSERT_JOURNAL, journal)
+        if outbox:
+            session.execute(_INSERT_OUTBOX, outbox)
+        return FollowedUp(ticket_id, ticket.number, message_id)
 
     def _priority_for(self, request: NewRequest, package: SupportPackage) -> Priority:
         base = PRIORITY_BY_KIND[request.kind]
@@ -548,6 +651,15 @@ class Desk:
         if ticket is None:
             raise NotFoundError(f"no ticket {number!r}")
         return ticket
+
+    def ticket_id(self, session: Session, number: str) -> int:
+        """The id of the ticket numbered ``number``, as ``ticket`` finds it."""
+        wanted = {"number": number.strip(), "upper": number.strip().upper()}
+        for stmt in _TICKET_ID_BY_NUMBER:
+            found = session.execute(stmt, wanted).scalar()
+            if found is not None:
+                return found
+        raise NotFoundError(f"no ticket {number!r}")
 
     def _staff_by_name(self, session: Session, name: str) -> Staff:
         staff = session.scalars(select(Staff).where(Staff.name == name)).one_or_none()
@@ -593,11 +705,7 @@ class Desk:
                     created_at=now,
                 )
             )
-        details: dict[str, Any] = {"event": event, "from": source.value, "to": target.value}
-        if transition.close_reason is not None:
-            details["close_reason"] = transition.close_reason.value
-        if note:
-            details["note"] = note
+        details = _transition_details(event, source, target, note=note)
         self.journal(session, ticket, actor, "status_changed", **details)
         if event in ("ask_customer", "resolve") and ticket.first_response_at is None:
             ticket.first_response_at = now
@@ -648,10 +756,11 @@ class Desk:
         session.flush()
         return ticket
 
-    def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Staff | None:
-        """Round-robin: the on-duty engineer of ``queue`` who was assigned longest ago."""
+    def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Row[int, str] | None:
+        """Round-robin: the on-duty engineer (id, name) of ``queue`` who was assigned
+        longest ago."""
         stmt = _NEXT_ON_DUTY[session.get_bind().dialect.name]
-        return session.scalars(stmt, {"queue": queue}).first()
+        return session.execute(stmt, {"queue": queue}).first()
 
     def _assign(
         self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"
@@ -748,6 +857,15 @@ class Desk:
             "at": self.clock(),
         }
 
+    def _skipped_row(self, ticket_id: int, template: str) -> dict[str, Any]:
+        return self._journal_row(
+            ticket_id,
+            SYSTEM_ACTOR,
+            "notification_skipped",
+            template=template,
+            reason=NO_EMAIL_REASON,
+        )
+
     def _notify_staff(
         self, session: Session, ticket: Ticket, template: str, **payload: Any
     ) -> None:
@@ -781,8 +899,10 @@ class Desk:
         in_reply_to: str | None = None,
         **payload: Any,
     ) -> None:
+        contact = ticket.contact
         row = self._contact_mail(
-            ticket.contact,
+            contact.email if contact else None,
+            contact.language if contact else None,
             ticket.number,
             ticket.status,
             template,
@@ -803,7 +923,8 @@ class Desk:
 
     def _contact_mail(
         self,
-        contact: Contact | None,
+        email: str | None,
+        language: str | None,
         number: str,
         status: Status,
         template: str,
@@ -812,17 +933,17 @@ class Desk:
         **payload: Any,
     ) -> dict[str, Any] | None:
         """The contact's email as outbox column values; None when there is no address."""
-        if contact is None or not contact.email:
+        if not email:
             return None
         return {
             "channel": "email",
             "template": template,
-            "recipient": contact.email,
+            "recipient": email,
             "message_id": f"<{uuid.uuid4().hex}@{self.rules.message_id_domain}>",
             "payload": {
                 "number": number,
                 "status": status.value,
-                "language": contact.language or self.rules.default_language,
+                "language": language or self.rules.default_language,
                 "in_reply_to": in_reply_to,
                 **{k: v for k, v in payload.items() if v is not None},
             },

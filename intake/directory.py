@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from email.errors import HeaderParseError
 from email.headerregistry import Address
@@ -15,10 +16,19 @@ from storage.models import Contact, Customer, Staff, StaffQueue
 
 LANGUAGES = ("ru", "en")
 
+# Plain ASCII dot-atoms on both sides and a dot in the domain: the usual address, which the
+# full RFC 5322 parser below would hand back unchanged. Asked of every mail, and the parser
+# costs a hundred times more.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})+")
+
 
 def normalize_email(raw: str) -> str:
     """The address in canonical form (domain lowercased, local part kept), or DeskError."""
     value = raw.strip()
+    if _PLAIN_ADDRESS.fullmatch(value):
+        local, _, domain = value.rpartition("@")
+        return f"{local}@{domain.lower()}"
     try:
         address = Address(addr_spec=value)
     except (HeaderParseError, ValueError, IndexError) as exc:

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
-from intake.registrar import Registrar
+from intake.registrar import Prepared, Registrar
 from storage import inbound
 from storage.db import Database
 from storage.models import InboundItem, InboundState, utcnow
@@ -29,12 +29,17 @@ log = logging.getLogger(__name__)
 MAIL_CHANNELS = ("smtp", "imap")
 
 MAX_ERROR_LENGTH = 2000
+# Items done in one transaction (one commit, one fsync on SQLite), each in a savepoint of its
+# own; and the raw bytes taken at once, so that a batch of large mails stays small in memory.
+BATCH = 16
+BATCH_BYTES = 8 * 1024 * 1024
 
-# The item again, locked, without its raw bytes (parsed already); built once.
-_CLAIMED_ITEM = (
-    select(InboundItem)
-    .options(defer(InboundItem.raw))
-    .where(InboundItem.id == bindparam("item_id"))
+_INBOUND = InboundItem.metadata.tables["inbound"]
+# The batch's items again, locked, to check that our claim still holds; built once.
+_CLAIMS = (
+    select(_INBOUND.c.id, _INBOUND.c.state, _INBOUND.c.attempts)
+    .where(_INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
+    .order_by(_INBOUND.c.id)
     .with_for_update()
 )
 
@@ -99,70 +104,111 @@ class Pipeline:
         """Process due items until there are none (or ``keep_going`` says stop); how many."""
         count = 0
         with self.db.transaction() as session:
-            item = self._claim(session)
-        while item is not None:
-            count += 1
-            item = self.process(item, claim_next=keep_going())
+            items = self._claim(session)
+        while items:
+            count += len(items)
+            items = self.process(items, claim_next=keep_going())
         return count
 
-    def _claim(self, session: Session) -> InboundItem | None:
-        claimed = inbound.claim(
-            session, now=self.clock(), limit=1, lease=self.lease, channels=MAIL_CHANNELS
+    def _claim(self, session: Session) -> Sequence[InboundItem]:
+        return inbound.claim(
+            session,
+            now=self.clock(),
+            limit=BATCH,
+            lease=self.lease,
+            channels=MAIL_CHANNELS,
+            max_bytes=BATCH_BYTES,
         )
-        return claimed[0] if claimed else None
 
-    def process(self, item: InboundItem, *, claim_next: bool = False) -> InboundItem | None:
-        """Do one claimed item; with ``claim_next``, the next due item is claimed in the same
-        transaction (one commit, i.e. one fsync on SQLite, per item instead of two)."""
-        label = item.message_id or f"<inbound {item.id}>"
+    def process(
+        self, items: Sequence[InboundItem], *, claim_next: bool = False
+    ) -> Sequence[InboundItem]:
+        """Do claimed items, in order, in one transaction; with ``claim_next``, the next
+        batch is claimed in it too.
+
+        Each item's work is in a savepoint: a failing item is rolled back alone and recorded
+        as failed while the others commit, and an item is ``done`` in the same commit as
+        its ticket or follow-up, so a crash never registers it twice. Later items see what
+        earlier ones wrote (a reply stored after the mail it answers finds its ticket)."""
+        # Parsing, the rules and the blob files happen outside any transaction.
+        return self._process(items, [self._prepare(item) for item in items], claim_next)
+
+    def _process(
+        self,
+        items: Sequence[InboundItem],
+        prepared: Sequence[Prepared | Exception],
+        claim_next: bool,
+    ) -> Sequence[InboundItem]:
         try:
-            # Parsing, the rules and the blob files happen outside any transaction.
-            prepared = self.registrar.prepare(item.raw)
-            label = prepared.label
             with self.db.transaction() as session:
-                current = self._still_ours(session, item)
-                if current is None:
-                    log.warning(
-                        "%s: inbound %d was taken over by another worker; left to it",
-                        label,
-                        item.id,
-                    )
-                else:
-                    outcome = self.registrar.apply(session, current, prepared)
-                    log.info("%s: %s", label, outcome.summary)
-                following = self._claim(session) if claim_next else None
-            self._wake_outbox()
-            return following
+                ours = self._still_ours(session, items)
+                for item, work in zip(items, prepared, strict=True):
+                    if item.id in ours:
+                        self._apply(session, item, work)
+                    else:
+                        log.warning(
+                            "%s: inbound %d was taken over by another worker; left to it",
+                            _label(item, work),
+                            item.id,
+                        )
+                following = self._claim(session) if claim_next else ()
         except Exception as exc:
-            log.exception("%s: inbound %d failed (attempt %d)", label, item.id, item.attempts)
-            return self._record_failure(item, label, exc, claim_next=claim_next)
+            if len(items) == 1:
+                (item,), (work,) = items, prepared
+                log.exception(
+                    "%s: inbound %d failed (attempt %d)", _label(item, work), item.id, item.attempts
+                )
+                self._record_failure(item, _label(item, work), _error(exc))
+                return ()
+            # A fault of the transaction itself, which no item's savepoint caught: each
+            # item on its own, so that it holds up only the item that causes it.
+            log.exception("a batch of %d inbound items failed; taking them one by one", len(items))
+            for item, work in zip(items, prepared, strict=True):
+                self._process([item], [work], claim_next=False)
+            return ()
+        self._wake_outbox()
+        return following
+
+    def _prepare(self, item: InboundItem) -> Prepared | Exception:
+        try:
+            return self.registrar.prepare(item.raw)
+        except Exception as exc:
+            log.exception("%s: inbound %d cannot be read", _label(item, None), item.id)
+            return exc
+
+    def _apply(self, session: Session, item: InboundItem, work: Prepared | Exception) -> None:
+        """The unit of work, guarded: one item, in a savepoint of the batch's transaction."""
+        label = _label(item, work)
+        if isinstance(work, Prepared):
+            try:
+                with session.begin_nested():
+                    outcome = self.registrar.apply(session, item, work)
+                log.info("%s: %s", label, outcome.summary)
+                return
+            except Exception as exc:
+                log.exception("%s: inbound %d failed (attempt %d)", label, item.id, item.attempts)
+                work = exc
+        self._failed(session, item, label, _error(work))
 
     def _wake_outbox(self) -> None:
         if self.after_commit is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.after_commit)
 
-    def _still_ours(self, session: Session, item: InboundItem) -> InboundItem | None:
-        """The item, locked, if our claim still holds: a lease that ran out may have let
-        another worker claim it, and then that worker alone may finish it."""
-        current = session.scalars(_CLAIMED_ITEM, {"item_id": item.id}).one_or_none()
-        if current is None or current.state is not InboundState.PROCESSING:
-            return None
-        return current if current.attempts == item.attempts else None
+    def _still_ours(self, session: Session, items: Sequence[InboundItem]) -> set[int]:
+        """The items whose claim still holds, locked: a lease that ran out may have let
+        another worker claim one, and then that worker alone may finish it."""
+        attempts = {item.id: item.attempts for item in items}
+        rows = session.execute(_CLAIMS, {"item_ids": list(attempts)})
+        return {
+            row.id
+            for row in rows
+            if row.state is InboundState.PROCESSING and row.attempts == attempts[row.id]
+        }
 
-    def _record_failure(
-        self, item: InboundItem, label: str, exc: Exception, *, claim_next: bool
-    ) -> InboundItem | None:
-        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-        try:
-            with self.db.transaction() as session:
-                state = inbound.failed(
-                    session, item.id, error=error, max_attempts=self.max_attempts, now=self.clock()
-                )
-                following = self._claim(session) if claim_next else None
-        except Exception:
-            # The lease runs out and the item is claimed again: nothing is lost.
-            log.exception("%s: cannot record the failure of inbound %d", label, item.id)
-            return None
+    def _failed(self, session: Session, item: InboundItem, label: str, error: str) -> None:
+        state = inbound.failed(
+            session, item.id, error=error, max_attempts=self.max_attempts, now=self.clock()
+        )
         if state is InboundState.QUARANTINED:
             log.error(
                 "%s: inbound %d quarantined after %d attempts: %s",
@@ -171,7 +217,26 @@ class Pipeline:
                 item.attempts,
                 error,
             )
-        return following
+
+    def _record_failure(self, item: InboundItem, label: str, error: str) -> None:
+        try:
+            with self.db.transaction() as session:
+                if item.id in self._still_ours(session, [item]):
+                    self._failed(session, item, label, error)
+        except Exception:
+            # The lease runs out and the item is claimed again: nothing is lost.
+            log.exception("%s: cannot record the failure of inbound %d", label, item.id)
+
+
+def _label(item: InboundItem, work: Prepared | Exception | None) -> str:
+    """How log lines name an item: its Message-ID."""
+    if isinstance(work, Prepared):
+        return work.label
+    return item.message_id or f"<inbound {item.id}>"
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
 
 
 async def _first_of(wakeup: asyncio.Event, stopping: asyncio.Event, *, wait: float) -> None:

@@ -47,6 +47,13 @@ _REGISTERED_MAIL = (
     .where(Message.message_id == bindparam("message_id"), Message.direction == Direction.IN)
     .limit(1)
 )
+# Which tickets the mails that a reply answers belong to: ours (outbox) and the customer's.
+_OWNERS_OF = [
+    select(model.message_id, model.ticket_id).where(
+        model.message_id.in_(bindparam("answered", expanding=True))
+    )
+    for model in (OutboxItem, Message)
+]
 
 PIPELINE_ACTOR = "pipeline"
 HEADER_SCAN = 256 * 1024
@@ -142,16 +149,18 @@ class Registrar:
         duplicate = self._already_registered(session, mail.message_id)
         if duplicate is not None:
             inbound.ignored(
-                session, item, reason=f"duplicate: already registered in {duplicate.number}"
+                session,
+                item,
+                reason=f"duplicate: already registered in {duplicate.number}",
+                ticket_id=duplicate.id,
             )
-            item.ticket_id = duplicate.id
             return Outcome(duplicate.number, f"duplicate of a message in {duplicate.number}")
         found = self._ticket_for_follow_up(session, mail)
         if found is not None:
-            ticket, matched_by = found
-            message = self.desk.follow_up(
+            ticket_id, matched_by = found
+            followed = self.desk.add_follow_up(
                 session,
-                ticket,
+                ticket_id,
                 FollowUp(
                     text=mail.new_text or mail.text,
                     author=_author(mail),
@@ -164,21 +173,22 @@ class Registrar:
                 ),
                 actor=PIPELINE_ACTOR,
             )
-            self._attach(session, message.id, prepared.files)
-            inbound.done(session, item, ticket_id=ticket.id)
-            return Outcome(ticket.number, f"follow-up to {ticket.number} (by {matched_by})")
+            self._attach(session, followed.message_id, prepared.files)
+            inbound.done(session, item, ticket_id=ticket_id)
+            number = followed.number
+            return Outcome(number, f"follow-up to {number} (by {matched_by})")
         sender = match_sender(
             session, mail.from_address, mail.sender_name, mail.language, self.policy
         )
-        if sender.customer is None:
+        if sender.customer_id is None:
             return self._refuse(session, item, mail, answer=sender.contactable)
         registration = self.desk.register_request(
             session,
             NewRequest(
                 subject=mail.subject[:998],
                 channel=Channel.EMAIL,
-                customer_id=sender.customer.id,
-                contact_id=sender.contact.id if sender.contact else None,
+                customer_id=sender.customer_id,
+                contact_id=sender.contact_id,
                 description=mail.new_text or mail.text,
                 kind=Kind(mail.kind),
                 priority_hint=Priority(mail.priority),
@@ -192,38 +202,32 @@ class Registrar:
             ),
             actor=PIPELINE_ACTOR,
         )
-        ticket = registration.ticket
         self._attach(session, registration.message_id, prepared.files)
-        inbound.done(session, item, ticket_id=ticket.id)
-        return Outcome(ticket.number, f"registered {ticket.number} (sender: {sender.matched_by})")
+        inbound.done(session, item, ticket_id=registration.ticket_id)
+        number = registration.number
+        return Outcome(number, f"registered {number} (sender: {sender.matched_by})")
 
     # follow-ups ---------------------------------------------------------------------------
 
-    def _ticket_for_follow_up(
-        self, session: Session, mail: ParsedMail
-    ) -> tuple[Ticket, str] | None:
-        """Our tag in the subject first, then the mail this one answers (ARCHITECTURE.md)."""
+    def _ticket_for_follow_up(self, session: Session, mail: ParsedMail) -> tuple[int, str] | None:
+        """The id of the ticket that the mail follows up, and what matched it: our tag in the
+        subject first, then the mail this one answers (ARCHITECTURE.md)."""
         if mail.registration_number and mail.registration_number_source == "subject":
             with contextlib.suppress(NotFoundError):
-                tagged = self.desk.ticket(session, mail.registration_number, for_update=True)
-                return tagged, "registration number"
+                return self.desk.ticket_id(session, mail.registration_number), "registration number"
         answered = [mail.in_reply_to] if mail.in_reply_to else []
         answered += [ref for ref in reversed(mail.references) if ref not in answered]
         if not answered:
             return None
         owners: dict[str, int] = {}
-        for model in (OutboxItem, Message):
-            rows = session.execute(
-                select(model.message_id, model.ticket_id).where(model.message_id.in_(answered))
-            )
-            for message_id, ticket_id in rows:
+        for stmt in _OWNERS_OF:
+            for message_id, ticket_id in session.execute(stmt, {"answered": answered}):
                 if message_id is not None and ticket_id is not None:
                     owners.setdefault(message_id, ticket_id)
         for index, ref in enumerate(answered):
             if ref in owners:
-                ticket = session.get_one(Ticket, owners[ref], with_for_update=True)
                 matched = "In-Reply-To" if ref == mail.in_reply_to and index == 0 else "References"
-                return ticket, matched
+                return owners[ref], matched
         return None
 
     def _already_registered(self, session: Session, message_id: str | None) -> Row[int, str] | None:
@@ -260,10 +264,12 @@ class Registrar:
     def _set_aside(
         self, session: Session, item: InboundItem, decision: Decision, mail: ParsedMail
     ) -> Outcome:
-        inbound.ignored(session, item, reason=decision.recorded)
-        if decision.bounced_message_id is None:
-            return Outcome(None, f"ignored: {decision.recorded}")
-        ticket = self._ticket_of_our_mail(session, decision.bounced_message_id)
+        ticket = None
+        if decision.bounced_message_id is not None:
+            ticket = self._ticket_of_our_mail(session, decision.bounced_message_id)
+        inbound.ignored(
+            session, item, reason=decision.recorded, ticket_id=ticket.id if ticket else None
+        )
         if ticket is None:
             return Outcome(None, f"ignored: {decision.recorded}")
         self.desk.journal(
@@ -275,7 +281,6 @@ class Registrar:
             reason=decision.reason,
             report_message_id=mail.message_id,
         )
-        item.ticket_id = ticket.id
         return Outcome(ticket.number, f"ignored: {decision.recorded}; journaled on {ticket.number}")
 
     def _ticket_of_our_mail(self, session: Session, message_id: str) -> Ticket | None:

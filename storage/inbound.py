@@ -83,12 +83,15 @@ def claim(
     lease: dt.timedelta = DEFAULT_LEASE,
     sources: Collection[str] | None = None,
     channels: Collection[str] | None = None,
+    max_bytes: int | None = None,
 ) -> Sequence[InboundItem]:
     """Take up to ``limit`` items that are due: pending, failed and due again, or whose
     previous worker's lease ran out. They are ``processing`` until the lease ends.
 
     ``sources`` names sources exactly (``telephony:twilio``); ``channels`` names families of
-    them (``imap`` is every ``imap:<mailbox>``), so each worker takes only what it reads."""
+    them (``imap`` is every ``imap:<mailbox>``), so each worker takes only what it reads.
+    ``max_bytes`` bounds the raw bytes taken at once (the first item is taken whatever its
+    size): a batch of large mails must not all sit in memory together."""
     now = now or utcnow()
     dialect = session.get_bind().dialect.name
     stmt = _due_items(
@@ -97,15 +100,18 @@ def claim(
         tuple(sources) if sources is not None else None,
         tuple(channels) if channels is not None else None,
     )
-    items = session.scalars(stmt, {"now": now}).all()
+    taken: list[dict[str, Any]] = []
     until = now + lease
-    for item in items:
-        attempts = item.attempts + 1
-        session.execute(
-            _MARK_CLAIMED, {"item_id": item.id, "new_attempts": attempts, "until": until}
-        )
-        _written(item, state=InboundState.PROCESSING, attempts=attempts, next_attempt_at=until)
-    return items
+    total = 0
+    for item_id, attempts, size in session.execute(stmt, {"now": now}):
+        total += size
+        if taken and max_bytes is not None and total > max_bytes:
+            break
+        taken.append({"item_id": item_id, "new_attempts": attempts + 1, "until": until})
+    if not taken:
+        return []
+    session.execute(_MARK_CLAIMED, taken)
+    return session.scalars(_CLAIMED_ITEMS, {"item_ids": [t["item_id"] for t in taken]}).all()
 
 
 @functools.lru_cache(maxsize=64)
@@ -114,12 +120,13 @@ def _due_items(
     limit: int,
     sources: tuple[str, ...] | None,
     channels: tuple[str, ...] | None,
-) -> Select[InboundItem]:
-    """The claim's query, built once per shape: building it cost more than running it."""
+) -> Select[int, int, int]:
+    """The claim's query, built once per shape: building it cost more than running it.
+    It reads (id, attempts, size), without the raw bytes, which only the items taken need."""
     now: BindParameter[dt.datetime] = bindparam("now")
     due = or_(InboundItem.next_attempt_at.is_(None), InboundItem.next_attempt_at <= now)
     stmt = (
-        select(InboundItem)
+        select(InboundItem.id, InboundItem.attempts, InboundItem.size)
         .where(
             InboundItem.state.in_(
                 [InboundState.PENDING, InboundState.FAILED, InboundState.PROCESSING]
@@ -146,6 +153,15 @@ def _due_items(
     return stmt
 
 
+_CLAIMED_ITEMS = (
+    select(InboundItem)
+    .where(InboundItem.id.in_(bindparam("item_ids", expanding=True)))
+    .order_by(InboundItem.id)
+    # An item this session loaded before must show the claim just written.
+    .execution_options(populate_existing=True)
+)
+
+
 _INBOUND = InboundItem.metadata.tables["inbound"]
 _MARK_CLAIMED = (
     update(_INBOUND)
@@ -165,6 +181,18 @@ _MARK_DONE = (
         error=None,
         next_attempt_at=None,
         processed_at=bindparam("done_at"),
+    )
+)
+_MARK_IGNORED = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("item_id"))
+    .values(
+        state=InboundState.IGNORED,
+        reason=bindparam("reason"),
+        ticket_id=bindparam("ignored_ticket_id"),
+        error=None,
+        next_attempt_at=None,
+        processed_at=bindparam("ignored_at"),
     )
 )
 
@@ -188,13 +216,25 @@ def done(session: Session, item: InboundItem, *, ticket_id: int | None) -> None:
     )
 
 
-def ignored(session: Session, item: InboundItem, *, reason: str) -> None:
-    """Set aside on purpose (auto-reply, bounce, loop …), with the reason recorded."""
-    item.state = InboundState.IGNORED
-    item.reason = reason
-    item.error = None
-    item.next_attempt_at = None
-    item.processed_at = utcnow()
+def ignored(
+    session: Session, item: InboundItem, *, reason: str, ticket_id: int | None = None
+) -> None:
+    """Set aside on purpose (auto-reply, bounce, loop …), with the reason recorded, and the
+    ticket it concerns if any (the one a duplicate or a bounce belongs to)."""
+    now = utcnow()
+    session.execute(
+        _MARK_IGNORED,
+        {"item_id": item.id, "reason": reason, "ignored_ticket_id": ticket_id, "ignored_at": now},
+    )
+    _written(
+        item,
+        state=InboundState.IGNORED,
+        reason=reason,
+        ticket_id=ticket_id,
+        error=None,
+        next_attempt_at=None,
+        processed_at=now,
+    )
 
 
 def backoff(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> dt.timedelta:

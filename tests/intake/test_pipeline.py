@@ -7,15 +7,17 @@ import datetime as dt
 import io
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
 
 from intake.desk import Desk
 from intake.pipeline import Pipeline
-from intake.registrar import Registrar
+from intake.registrar import Outcome, Prepared, Registrar
 from intake.senders import SenderPolicy
 from storage import inbound
 from storage.db import Database
@@ -444,8 +446,8 @@ def test_a_worker_whose_lease_ran_out_does_not_register_twice(
     with db.transaction() as session:
         (fast,) = inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE)
     pipeline = pipeline_for(db, registrar)
-    pipeline.process(fast)
-    pipeline.process(slow)
+    pipeline.process([fast])
+    pipeline.process([slow])
     assert count(db, Ticket) == 1
     assert item(db, item_id).state is InboundState.DONE
 
@@ -474,3 +476,71 @@ def test_two_workers_on_postgresql_never_register_one_item_twice(
     assert sorted(ticket_inbound) == sorted(ids)
     assert count(db, Ticket) == len(ids)
     assert count(db, Contact) == 1 + 3
+
+
+class _FailsOn:
+    """A registrar that raises for one subject, as a desk bug would for one mail."""
+
+    def __init__(self, registrar: Registrar, subject: str) -> None:
+        self.registrar = registrar
+        self.subject = subject
+
+    def prepare(self, raw: bytes) -> Prepared:
+        return self.registrar.prepare(raw)
+
+    def apply(self, session: Session, item: InboundItem, prepared: Prepared) -> Outcome:
+        outcome = self.registrar.apply(session, item, prepared)
+        if prepared.mail.subject == self.subject:
+            raise RuntimeError("the desk tripped over this one")
+        return outcome
+
+
+def test_one_failing_mail_of_a_batch_fails_alone_and_the_others_are_registered(
+    db: Database, seed: Seed, registrar: Registrar
+) -> None:
+    ids = [receive(db, mail_bytes(subject=f"Request {n}")) for n in range(5)]
+    failing = _FailsOn(registrar, "Request 2")
+    pipeline = pipeline_for(db, cast(Registrar, failing))
+    assert pipeline.work_all() == 5
+    states = [item(db, i).state for i in ids]
+    assert states == [InboundState.DONE] * 2 + [InboundState.FAILED] + [InboundState.DONE] * 2
+    bad = item(db, ids[2])
+    assert (bad.attempts, bad.ticket_id) == (1, None)
+    assert bad.error == "RuntimeError: the desk tripped over this one"
+    # Its ticket, acknowledgement and journal were rolled back with it; the others stay.
+    with db.transaction() as session:
+        subjects = session.scalars(select(Ticket.subject).order_by(Ticket.id)).all()
+        inbound_of_messages = session.scalars(select(Message.inbound_id)).all()
+    assert subjects == ["Request 0", "Request 1", "Request 3", "Request 4"]
+    assert sorted(inbound_of_messages) == [ids[0], ids[1], ids[3], ids[4]]
+    assert count(db, OutboxItem) == 4
+    assert count(db, JournalEntry) == 4  # "registered"; no staff to assign
+
+
+def test_a_reply_in_the_same_batch_follows_up_the_ticket_of_the_mail_it_answers(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    first = receive(db, mail_bytes(subject="Calls drop", message_id="<first@acme.example>"))
+    reply = receive(
+        db, mail_bytes(subject="Re: Calls drop", body="Again", in_reply_to="<first@acme.example>")
+    )
+    assert pipeline.work_all() == 2
+    assert item(db, first).ticket_id == item(db, reply).ticket_id is not None
+    assert count(db, Ticket) == 1
+
+
+def test_a_batch_whose_lease_was_taken_over_leaves_that_item_alone(
+    db: Database, seed: Seed, registrar: Registrar
+) -> None:
+    ids = [receive(db, mail_bytes(subject=f"Request {n}")) for n in range(3)]
+    with db.transaction() as session:
+        slow = inbound.claim(session, now=T0, limit=3)
+    with db.transaction() as session:
+        (fast,) = inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE, limit=1)
+    assert fast.id == ids[0]
+    pipeline = pipeline_for(db, registrar)
+    pipeline.process(slow)
+    assert [item(db, i).state for i in ids] == [InboundState.PROCESSING] + [InboundState.DONE] * 2
+    pipeline.process([fast])
+    assert [item(db, i).state for i in ids] == [InboundState.DONE] * 3
+    assert count(db, Ticket) == 3
