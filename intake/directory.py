@@ -31,11 +31,14 @@ def normalize_email(raw: str) -> str:
         return f"{local}@{domain.lower()}"
     try:
         address = Address(addr_spec=value)
-    except (HeaderParseError, ValueError, IndexError) as exc:
+    except (HeaderParseError, ValueError, IndexError, AttributeError) as exc:
+        # AttributeError: the stdlib's header parser trips over some hostile input
+        # (``ab@[<}.com``) instead of reporting a defect.
         raise DeskError(f"invalid email address {raw!r}") from exc
     if not address.username or "." not in address.domain or address.addr_spec != value:
         raise DeskError(f"invalid email address {raw!r}")
-    return f"{address.username}@{address.domain.lower()}"
+    # addr_spec keeps a quoted local part quoted ("odd local"@…), as it must be written.
+    return f"{address.addr_spec.rpartition('@')[0]}@{address.domain.lower()}"
 
 
 def normalize_phone(raw: str, region: str = "RU") -> str:
