@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from aiosmtpd.smtp import Session as SmtpSession
 
 from intake.services import cannot_listen
@@ -132,14 +132,177 @@ def _naming_the_limit(status: AnyStr, limit: int | None) -> AnyStr:
     return status
 
 
+# RFC 5321 4.1.1.4: the data ends with a line holding a single dot. The reader looks for
+# the dot line itself and checks what precedes it, so a match needs no bytes it has already
+# handed over, and the very first line of the data is no special case.
+_DOT_LINE = b".\r\n"
+_LINE_END = b"\r\n"
+
+
+class _DataReceiver:
+    """The wire form of one DATA phase, taken in blocks rather than line by line.
+
+    aiosmtpd reads DATA one line at a time, which on a GIL-bound daemon costs more than the
+    rest of receiving a mail. This keeps its rules: lines end at CRLF only (a bare LF is
+    data), a line may be at most ``line_limit`` bytes with its CRLF, at most ``size_limit``
+    bytes of data are kept, and the first limit broken decides the answer, given only once
+    the client has sent the end of the data.
+    """
+
+    def __init__(self, size_limit: int | None, line_limit: int) -> None:
+        self.size_limit = size_limit
+        self.line_limit = line_limit
+        self.blocks: list[bytes] = []
+        self.size = 0
+        self.problem: str | None = None
+        # The data starts at the beginning of a line, as if a CRLF had come before it.
+        self._before = _LINE_END
+        self._line = 0
+        self._cr_at_end = False
+
+    def take(self, block: bytes, *, last: bool = False) -> None:
+        """One block of the data as it came; the ``last`` one ends with the dot line."""
+        if self.problem is None:
+            self._check_lines(block)
+        # The dot line that ends the data is not part of it.
+        self.size += len(block) - len(_DOT_LINE) if last else len(block)
+        if self.problem is None and self.size_limit and self.size > self.size_limit:
+            self.problem = _TOO_MUCH
+        if self.problem is None:
+            self.blocks.append(block)
+        else:
+            # Read on to the end of the data, but keep nothing of a mail that is refused.
+            self.blocks.clear()
+        self._before = (self._before + block)[-2:] if len(block) < 2 else block[-2:]
+
+    def ends_here(self, block: bytes) -> bool:
+        """Whether ``block``, which ends with a dot line, ends the data."""
+        before = block[-5:-3] if len(block) >= 5 else (self._before + block[:-3])[-2:]
+        return before == _LINE_END
+
+    def content(self) -> bytes:
+        """The data without the final dot line, its dot-stuffing undone (RFC 5321 4.5.2)."""
+        blocks, self.blocks = self.blocks, []
+        if blocks:
+            blocks[-1] = blocks[-1][: -len(_DOT_LINE)]
+        data = b"".join(blocks)
+        del blocks
+        # A line that starts with a dot had one more put in front of it by the client.
+        if data.startswith(b"."):
+            data = data[1:]
+        return data.replace(b"\r\n.", _LINE_END)
+
+    def _check_lines(self, block: bytes) -> None:
+        # Lengths count the CRLF; a CRLF may be split between two blocks.
+        parts = block.split(_LINE_END)
+        first = len(parts[0])
+        if self._cr_at_end and block.startswith(b"\n"):
+            self._line_done(self._line + 1)
+            self._line = 0
+            first -= 1
+        if len(parts) == 1:
+            self._line += first
+        else:
+            self._line_done(self._line + first + 2)
+            if len(parts) > 2:
+                self._line_done(max(map(len, parts[1:-1])) + 2)
+            self._line = len(parts[-1])
+        if self._line > self.line_limit:
+            self.problem = _TOO_LONG
+        self._cr_at_end = block.endswith(b"\r")
+
+    def _line_done(self, length: int) -> None:
+        if length > self.line_limit:
+            self.problem = _TOO_LONG
+
+
+_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+_TOO_MUCH = "552 Error: Too much mail data"
+
+
 class _Smtp(SMTP):
+    """aiosmtpd's SMTP with the data read in blocks (:class:`_DataReceiver`); what the
+    client sees, the envelope and the handler's hook are as aiosmtpd has them."""
+
     async def push(self, status: AnyStr) -> None:
         await super().push(_naming_the_limit(status, self.data_size_limit))
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        receiver = _DataReceiver(self.data_size_limit, self.line_length_limit)
+        await self._receive(receiver)
+        status: Any
+        if receiver.problem is not None:
+            status = receiver.problem
+        else:
+            original_content = receiver.content()
+            content: bytes | str = original_content
+            if self._decode_data:
+                if self.enable_SMTPUTF8:
+                    content = original_content.decode("utf-8", errors="surrogateescape")
+                else:
+                    try:
+                        content = original_content.decode("ascii", errors="strict")
+                    except UnicodeDecodeError:
+                        await self.push("500 Error: strict ASCII mode")
+                        return
+            self.envelope.content = content
+            self.envelope.original_content = original_content
+            del content, original_content
+            status = await self._call_handler_hook("DATA")
+        # A new envelope lets go of the message: a big one must not live on with the session.
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
-class _Lmtp(LMTP):
-    async def push(self, status: AnyStr) -> None:
-        await super().push(_naming_the_limit(status, self.data_size_limit))
+    async def _receive(self, receiver: _DataReceiver) -> None:
+        try:
+            await _read_data(self._reader, receiver)
+        except asyncio.CancelledError:
+            # eof_received / connection_lost cancel the session: nothing is stored.
+            log.info("%r: connection lost during DATA; nothing stored", self._peer())
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:
+            log.info("%r: connection closed during DATA; nothing stored", self._peer())
+            self._writer.close()
+            # As when aiosmtpd sees the end of the stream: the session is over.
+            raise asyncio.CancelledError from None
+
+    def _peer(self) -> object:
+        return self.session.peer if self.session is not None else None
+
+
+async def _read_data(reader: asyncio.StreamReader, receiver: _DataReceiver) -> None:
+    """Read to the end of the data. Nothing after it is taken from the stream: commands
+    that a pipelining client sent along stay there for the command loop."""
+    while True:
+        try:
+            block = await reader.readuntil(_DOT_LINE)
+        except asyncio.LimitOverrunError as more:
+            # No dot line in the first ``more.consumed`` bytes (more than the stream's line
+            # limit): they are one block.
+            receiver.take(await reader.read(more.consumed))
+            continue
+        last = receiver.ends_here(block)
+        receiver.take(block, last=last)
+        if last:
+            return
+
+
+class _Lmtp(_Smtp, LMTP):
+    """LMTP (LHLO instead of HELO/EHLO) with our DATA."""
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from intake.desk import Desk
 from intake.pipeline import Pipeline
-from intake.sources.smtp import ListenerConfig, SmtpListener
+from intake.sources.smtp import ListenerConfig, SmtpListener, _DataReceiver, _read_data
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import InboundItem, InboundState, Ticket
@@ -255,3 +256,234 @@ async def test_starttls_with_the_configured_certificate(db: Database, tmp_path: 
     assert version is not None
     assert version.startswith("TLS")
     assert [i.raw for i in items(db)] == [raw]
+
+
+# --- DATA as it comes over the wire -------------------------------------------------------
+
+
+class _Client:
+    """A sending MTA spoken for byte by byte, for what smtplib cannot be made to send."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.replies = self.sock.makefile("rb")
+        self.reply()
+
+    def reply(self) -> bytes:
+        """One reply, all of its lines."""
+        lines = [self.replies.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self.replies.readline())
+        return b"".join(lines)
+
+    def command(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def envelope(self, *recipients: str, hello: bytes = b"EHLO client.example") -> None:
+        assert self.command(hello).startswith(b"250")
+        assert self.command(f"MAIL FROM:<{SENDER}>".encode()).startswith(b"250")
+        for recipient in recipients or (SUPPORT,):
+            assert self.command(f"RCPT TO:<{recipient}>".encode()).startswith(b"250")
+        assert self.command(b"DATA").startswith(b"354 ")
+
+    def close(self) -> None:
+        self.replies.close()
+        self.sock.close()
+
+
+def talk(address: tuple[str, int], *segments: bytes, recipients: tuple[str, ...] = ()) -> bytes:
+    """Sends DATA as the given TCP segments; the server's first reply after them."""
+    client = _Client(address)
+    try:
+        client.envelope(*recipients)
+        for segment in segments:
+            client.sock.sendall(segment)
+        return client.reply()
+    finally:
+        client.close()
+
+
+async def test_dot_stuffing_is_undone_byte_for_byte(db: Database) -> None:
+    # smtplib doubles every leading dot; among many such lines, some fall on read blocks'
+    # edges. A line of a single dot in the text is sent as "..".
+    lines = [b".", b"..", b".hidden", b"...three", b"plain.", b"ends with a dot ."] * 4000
+    raw = mail_bytes(subject="Dots", message_id="<dots@acme.example>")
+    raw += b"\r\n".join(lines) + b"\r\n.\r\n.."
+    async with serving(db) as address:
+        await asyncio.to_thread(send, address, raw)
+    (item,) = items(db)
+    # smtplib ends the data with CRLF when it does not.
+    assert item.raw == raw + b"\r\n"
+
+
+async def test_a_message_starting_with_a_dot_line_keeps_it(db: Database) -> None:
+    raw = b".\r\nSubject: odd\r\n\r\nbody\r\n"
+    async with serving(db) as address:
+        reply = await asyncio.to_thread(talk, address, b"..\r\nSubject: odd\r\n\r\nbody\r\n.\r\n")
+    assert reply.startswith(b"250 ")
+    assert [i.raw for i in items(db)] == [raw]
+
+
+async def test_bare_lf_neither_ends_lines_nor_the_data(db: Database) -> None:
+    # Lines end at CRLF only: a dot after a bare LF is data, and "\n.\r\n" is no end.
+    wire = b"Subject: lf\r\n\r\none\ntwo\n..three\n.\r\nfour\r\n"
+    async with serving(db) as address:
+        reply = await asyncio.to_thread(talk, address, wire + b".\r\n")
+    assert reply.startswith(b"250 ")
+    assert [i.raw for i in items(db)] == [wire]
+
+
+async def test_empty_data_is_stored_empty(db: Database) -> None:
+    async with serving(db) as address:
+        reply = await asyncio.to_thread(talk, address, b".\r\n")
+    assert reply.startswith(b"250 ")
+    assert [i.raw for i in items(db)] == [b""]
+
+
+async def test_terminator_in_a_segment_of_its_own(db: Database) -> None:
+    wire = b"Subject: split\r\n\r\n" + b"x" * 70 + b"\r\n"
+    async with serving(db) as address:
+        for cut in (b".\r\n", b"\r\n.\r\n", b"\n.\r\n", b"\r\n", b"\n"):
+            body = wire + b".\r\n"
+            reply = await asyncio.to_thread(talk, address, body[: -len(cut)], cut)
+            assert reply.startswith(b"250 "), cut
+    assert [i.raw for i in items(db)] == [wire]  # the same message each time: one item
+
+
+async def test_size_limit_counts_the_data_exactly(db: Database) -> None:
+    head = b"Subject: size\r\n\r\n"
+    at_limit = head + b"a" * (1000 - len(head) - 2) + b"\r\n"
+    over = head + b"b" * (1001 - len(head) - 2) + b"\r\n"
+    assert (len(at_limit), len(over)) == (1000, 1001)
+    async with serving(db, max_message_size=1000) as address:
+        accepted = await asyncio.to_thread(talk, address, at_limit + b".\r\n")
+        refused = await asyncio.to_thread(talk, address, over + b".\r\n")
+    assert accepted.startswith(b"250 ")
+    assert refused.startswith(b"552 ")
+    assert b"1000 bytes" in refused
+    assert [i.raw for i in items(db)] == [at_limit]
+
+
+async def test_lines_longer_than_rfc_5321_allows_are_refused_500(db: Database) -> None:
+    longest = b"Subject: long\r\n\r\n" + b"." * 999 + b"\r\n"  # 998 + its stuffed dot
+    too_long = b"Subject: long\r\n\r\n" + b"y" * 1000 + b"\r\n"
+    async with serving(db) as address:
+        accepted = await asyncio.to_thread(talk, address, longest + b".\r\n")
+        client = await asyncio.to_thread(_Client, address)
+        try:
+            await asyncio.to_thread(client.envelope)
+            client.sock.sendall(too_long + b".\r\n")
+            refused = await asyncio.to_thread(client.reply)
+            # The session goes on: a new transaction on the same connection.
+            again = await asyncio.to_thread(client.command, f"MAIL FROM:<{SENDER}>".encode())
+        finally:
+            client.close()
+    assert accepted.startswith(b"250 ")
+    assert refused.startswith(b"500 Line too long")
+    assert again.startswith(b"250 ")
+    assert [i.raw for i in items(db)] == [longest[:-1001] + longest[-1000:]]
+
+
+async def test_data_before_rcpt_is_answered_503(db: Database) -> None:
+    async with serving(db) as address:
+        client = await asyncio.to_thread(_Client, address)
+        try:
+            await asyncio.to_thread(client.command, b"EHLO client.example")
+            await asyncio.to_thread(client.command, f"MAIL FROM:<{SENDER}>".encode())
+            reply = await asyncio.to_thread(client.command, b"DATA")
+        finally:
+            client.close()
+    assert reply.startswith(b"503 ")
+
+
+async def test_commands_pipelined_after_the_data_are_answered(db: Database) -> None:
+    wire = b"Subject: pipelined\r\n\r\nbody\r\n"
+    async with serving(db) as address:
+        client = await asyncio.to_thread(_Client, address)
+        try:
+            await asyncio.to_thread(client.envelope)
+            client.sock.sendall(wire + b".\r\nRSET\r\nQUIT\r\n")
+            replies = [await asyncio.to_thread(client.reply) for _ in range(3)]
+        finally:
+            client.close()
+    assert [r[:4] for r in replies] == [b"250 ", b"250 ", b"221 "]
+    assert [i.raw for i in items(db)] == [wire]
+
+
+async def test_lmtp_answers_each_of_several_recipients(db: Database) -> None:
+    wire = b"Subject: three\r\n\r\nbody\r\n"
+    recipients = (SUPPORT, "help@omnivox.example", "desk@omnivox.example")
+    async with serving(db, lmtp=True) as address:
+        client = await asyncio.to_thread(_Client, address)
+        try:
+            await asyncio.to_thread(client.envelope, *recipients, hello=b"LHLO client.example")
+            client.sock.sendall(wire + b".\r\n")
+            replies = [await asyncio.to_thread(client.reply) for _ in recipients]
+            after = await asyncio.to_thread(client.command, b"NOOP")
+        finally:
+            client.close()
+    assert [r[:4] for r in replies] == [b"250 "] * 3
+    assert after.startswith(b"250 ")
+    assert [i.raw for i in items(db)] == [wire]
+
+
+async def test_client_gone_mid_data_stores_nothing(db: Database) -> None:
+    def leave_mid_data(address: tuple[str, int]) -> None:
+        client = _Client(address)
+        client.envelope()
+        client.sock.sendall(b"Subject: gone\r\n\r\nhalf a message\r\n")
+        client.close()
+
+    later = mail_bytes(subject="After the broken one")
+    async with serving(db) as address:
+        await asyncio.to_thread(leave_mid_data, address)
+        await asyncio.to_thread(send, address, later)
+    assert [i.raw for i in items(db)] == [later]
+
+
+# The reader on its own, fed so that read blocks end at every position of the wire bytes.
+
+_WIRE = (
+    b"..first\r\n"
+    + b"a" * 1100  # beyond the stream's line limit, so that blocks are cut mid-line
+    + b"\r\n..\r\n.\rx\n.\r\n...\r\nend.\r\n"
+)
+_CONTENT = b".first\r\n" + b"a" * 1100 + b"\r\n.\r\n\rx\n.\r\n..\r\nend.\r\n"
+
+
+async def _received(first: bytes, rest: bytes) -> tuple[_DataReceiver, bytes]:
+    reader = asyncio.StreamReader(limit=1001)
+    receiver = _DataReceiver(None, 10_000)
+    reader.feed_data(first)
+    reading = asyncio.create_task(_read_data(reader, receiver))
+    await asyncio.sleep(0)  # the reader takes what it has and waits for more
+    reader.feed_data(rest)
+    reader.feed_eof()
+    await reading
+    return receiver, await reader.read()
+
+
+async def test_reader_is_exact_wherever_the_blocks_end() -> None:
+    wire = _WIRE + b".\r\nQUIT\r\n"
+    for cut in range(len(wire) + 1):
+        receiver, left = await _received(wire[:cut], wire[cut:])
+        assert (receiver.problem, receiver.size, left) == (None, len(_WIRE), b"QUIT\r\n"), cut
+        assert receiver.content() == _CONTENT, cut
+
+
+async def test_reader_measures_lines_across_blocks() -> None:
+    fits = b"b" * 999 + b"\r\n"  # 1001 bytes with its CRLF: aiosmtpd's limit
+    too_long = b"b" * 1000 + b"\r\n"
+    for line, problem in ((fits, None), (too_long, "500 Line too long (see RFC5321 4.5.3.1.6)")):
+        wire = b"x\r\n" + line + b"y\r\n.\r\n"
+        for cut in range(len(wire) + 1):
+            reader = asyncio.StreamReader(limit=1001)
+            receiver = _DataReceiver(None, 1001)
+            reader.feed_data(wire[:cut])
+            reading = asyncio.create_task(_read_data(reader, receiver))
+            await asyncio.sleep(0)
+            reader.feed_data(wire[cut:])
+            await reading
+            assert receiver.problem == problem, (len(line), cut)
