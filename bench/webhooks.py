@@ -142,22 +142,39 @@ async def _measure(app: web.Application, args: argparse.Namespace) -> dict[str, 
     runner, port = await _serve(app)
     try:
         url = f"http://127.0.0.1:{port}/api/v1/cti/{TOKEN}"
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         result = await asyncio.get_running_loop().run_in_executor(None, _run_load, url, args)
+        # This process's CPU (the load runs in another): the budget each event spends.
+        result["cpu_ms"] = 1000 * (time.process_time() - cpu) / result["events"]
         if WORKER in app and app[PROCESS_EVENTS]:
             # Acknowledged means stored; the calls and tickets follow. Until when?
             await app[WORKER].idle.wait()
             result["processed_after_s"] = time.perf_counter() - began
+            result["total_cpu_ms"] = 1000 * (time.process_time() - cpu) / result["events"]
+            result["not_done"] = await asyncio.to_thread(_not_done, app)
         return result
     finally:
         await runner.cleanup()
+
+
+def _not_done(app: web.Application) -> int:
+    """Stored events that are not done (failed, or left behind): none, if all went well."""
+    from sqlalchemy import func, select
+
+    from intake.http import CONTEXT
+    from storage.models import InboundItem, InboundState
+
+    with app[CONTEXT].db.transaction() as session:
+        query = select(func.count()).where(InboundItem.state != InboundState.DONE)
+        return int(session.scalar(query) or 0)
 
 
 def _line(name: str, result: dict[str, float]) -> str:
     rate = result["events"] / result["seconds"]
     return (
         f"{name:<22} {int(result['events']):>7} events  {rate:>8.0f} events/s  "
-        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
+        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+        f"server CPU {result['cpu_ms']:.2f} ms/event"
     )
 
 
@@ -169,7 +186,10 @@ async def _main(args: argparse.Namespace) -> None:
     if "processed_after_s" in intake:
         print(
             f"{'':<22} all stored events processed (calls, missed-call tickets) "
-            f"{intake['processed_after_s']:.1f} s after the load began"
+            f"{intake['processed_after_s']:.1f} s after the load began "
+            f"({intake['events'] / intake['processed_after_s']:.0f} events/s end to end, "
+            f"server CPU {intake['total_cpu_ms']:.2f} ms/event in all); "
+            f"not done: {int(intake['not_done'])}"
         )
     print(_line("bare aiohttp 200", bare))
     ratio = (intake["events"] / intake["seconds"]) / (bare["events"] / bare["seconds"])

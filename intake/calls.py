@@ -12,19 +12,22 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from intake.desk import OPEN_STATUSES, SYSTEM_ACTOR, Desk, NewRequest
 from intake.directory import add_customer
 from intake.sources.telephony.model import CallEvent, EventKind, e164
+from storage import calls as stored
 from storage import inbound
+from storage.calls import INBOUND, Claimed
 from storage.db import Database
 from storage.models import (
     Base,
@@ -32,9 +35,7 @@ from storage.models import (
     CallOutcome,
     CallState,
     Channel,
-    Contact,
     Customer,
-    InboundItem,
     InboundState,
     Priority,
     Ticket,
@@ -66,11 +67,14 @@ def source_name(provider: str) -> str:
 
 @dataclass(frozen=True)
 class Received:
-    """A verified webhook request, to be kept before it is acknowledged."""
+    """A verified webhook request, to be kept before it is acknowledged, and what its
+    adapter read in it (so that the worker need not read the kept request again)."""
 
     provider: str
     source_ref: str
     raw: bytes
+    events: tuple[CallEvent, ...]
+    ignored: str | None = None
 
 
 class FollowUp(enum.Enum):
@@ -119,8 +123,48 @@ CHANGING = tuple(
     for name in RECORD_FIELDS
     if name not in ("id", "provider", "call_id", "direction", "from_number", "to_number")
 )
-_READ_CALLS = select(*(CALLS.c[name] for name in RECORD_FIELDS))
+# Built once: building a statement costs more than running it.
+_LOCK_CALLS = (
+    select(*(CALLS.c[name] for name in RECORD_FIELDS))
+    .where(
+        CALLS.c.provider == bindparam("provider"),
+        CALLS.c.call_id.in_(bindparam("call_ids", expanding=True)),
+    )
+    # Ordered, so that daemons locking overlapping batches take the locks in one order.
+    .order_by(CALLS.c.id)
+    .with_for_update()
+)
 _WRITE_CALLS = update(CALLS).where(CALLS.c.id == bindparam("record_id"))
+# Another daemon may create the same call at the same moment (PostgreSQL).
+_CREATE_CALLS = {
+    name: dialect.insert(CALLS)
+    .on_conflict_do_nothing(index_elements=["provider", "call_id"])
+    .returning(CALLS.c.id, CALLS.c.provider, CALLS.c.call_id)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+_STORE = {
+    name: dialect.insert(INBOUND)
+    .on_conflict_do_nothing(index_elements=["source", "source_ref"])
+    .returning(INBOUND.c.source, INBOUND.c.source_ref)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+CONTACTS = Base.metadata.tables["contacts"]
+_CONTACTS_BY_PHONE = (
+    select(CONTACTS.c.phone, CONTACTS.c.id, CONTACTS.c.customer_id)
+    .where(CONTACTS.c.phone.in_(bindparam("phones", expanding=True)))
+    .order_by(CONTACTS.c.id)
+)
+_CONTACT_BY_ID = select(CONTACTS.c.phone, CONTACTS.c.id, CONTACTS.c.customer_id).where(
+    CONTACTS.c.id == bindparam("contact_id")
+)
+_CUSTOMER_BY_NAME = select(Customer.__table__.c.id).where(
+    Customer.__table__.c.name == bindparam("name")
+)
+_ADD_CONTACT = (
+    insert(CONTACTS)
+    .values(customer_id=bindparam("customer_id"), phone=bindparam("phone"), name="")
+    .returning(CONTACTS.c.id)
+)
 
 
 def advance(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | None:
@@ -179,9 +223,45 @@ def _end(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | N
 class Work(NamedTuple):
     """A claimed item and what its kept request says: events to apply, or why it is ignored."""
 
-    item: InboundItem
+    item: Claimed
     events: Sequence[CallEvent]
     ignored: str | None
+
+
+class Meaning(NamedTuple):
+    """What the adapter read in a request when it arrived."""
+
+    events: tuple[CallEvent, ...]
+    ignored: str | None
+
+
+class ReadAhead:
+    """What the adapter read in each request this process kept, until the worker claims it.
+
+    Reading a request costs about as much as keeping it; the kept raw request stays the
+    record, read again only for what is not here (kept by another daemon, or before a
+    restart). Bounded: the oldest are dropped when items are claimed elsewhere."""
+
+    LIMIT = 50_000
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self.limit = limit
+        self._meanings: dict[tuple[str, str], Meaning] = {}
+        # The HTTP edge adds and the worker takes, from different threads on PostgreSQL.
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[str, str], meaning: Meaning) -> None:
+        with self._lock:
+            self._meanings[key] = meaning
+            while len(self._meanings) > self.limit:
+                del self._meanings[next(iter(self._meanings))]
+
+    def take(self, source: str, source_ref: str) -> Meaning | None:
+        with self._lock:
+            return self._meanings.pop((source, source_ref), None)
+
+    def __len__(self) -> int:
+        return len(self._meanings)
 
 
 class CallRecorder:
@@ -189,6 +269,7 @@ class CallRecorder:
         self.db = db
         self.desk = desk
         self.policy = policy
+        self.read_ahead = ReadAhead()
 
     def store(self, batch: Sequence[Received]) -> list[bool]:
         """Keep each raw request, all in one transaction: many webhooks share one commit,
@@ -212,17 +293,16 @@ class CallRecorder:
         with self.db.transaction() as session:
             # What inbound.store() does for one item, as one statement for the batch:
             # building a statement per webhook costs more than its share of the commit.
-            stmt = (
-                _dialect_insert(session)(InboundItem)
-                .on_conflict_do_nothing(index_elements=["source", "source_ref"])
-                .returning(InboundItem.source, InboundItem.source_ref)
-            )
-            new = {(row.source, row.source_ref) for row in session.execute(stmt, rows)}
+            connection = session.connection()
+            stmt = _STORE[connection.dialect.name]
+            new = {(row.source, row.source_ref) for row in connection.execute(stmt, rows)}
         results = []
-        for row in rows:
-            key = (row["source"], row["source_ref"])
+        for received in batch:
+            key = (source_name(received.provider), received.source_ref)
             results.append(key in new)
-            new.discard(key)
+            if key in new:
+                new.discard(key)
+                self.read_ahead.add(key, Meaning(received.events, received.ignored))
         return results
 
     def process(self, session: Session, work: Sequence[Work]) -> None:
@@ -236,19 +316,23 @@ class CallRecorder:
         records, created = self._lock_calls(
             session, [event for w in work if w.ignored is None for event in w.events], now
         )
+        callers = _Callers(session, self)
         changed: set[tuple[str, str]] = set()
         # Marked after the desk's work, whose flushes then need not carry the marks too.
-        finished: list[tuple[InboundItem, int | None]] = []
+        finished: list[tuple[int, int | None]] = []
+        set_aside: list[tuple[int, str]] = []
         for item, events, ignored in work:
             if ignored is not None:
-                inbound.ignored(session, item, reason=ignored)
+                set_aside.append((item.id, ignored))
                 continue
             keys = {(event.provider, event.call_id) for event in events}
             before = {key: replace(records[key]) for key in keys}
             try:
-                ticket_id = self._apply(session, records, events, now)
+                ticket_id = self._apply(session, records, callers, events, now)
             except Exception as error:
                 records.update(before)
+                # What it looked up or added was in its savepoint, now rolled back.
+                callers.forget()
                 label = events[0].label if events else f"{item.source}:{item.source_ref}"
                 log.exception("%s: call event not processed; kept as inbound %d", label, item.id)
                 inbound.failed(
@@ -259,11 +343,11 @@ class CallRecorder:
                 )
                 continue
             changed |= keys
-            finished.append((item, ticket_id))
-        for item, ticket_id in finished:
-            inbound.done(session, item, ticket_id=ticket_id)
+            finished.append((item.id, ticket_id))
+        stored.ignored(session, set_aside)
+        stored.done(session, finished)
         if changed:
-            session.execute(
+            session.connection().execute(
                 _WRITE_CALLS,
                 [
                     {
@@ -276,12 +360,13 @@ class CallRecorder:
         # A call first heard of in an item that failed is not kept, as if never inserted.
         orphans = [records[key].id for key in created - changed]
         if orphans:
-            session.execute(delete(CALLS).where(CALLS.c.id.in_(orphans)))
+            session.connection().execute(delete(CALLS).where(CALLS.c.id.in_(orphans)))
 
     def _apply(
         self,
         session: Session,
         records: Mapping[tuple[str, str], CallRecord],
+        callers: _Callers,
         events: Sequence[CallEvent],
         now: dt.datetime,
     ) -> int | None:
@@ -298,7 +383,7 @@ class CallRecorder:
                     # The desk's work of a failing item is rolled back; the batch goes on.
                     desk_work.enter_context(session.begin_nested())
                     savepoint = True
-                ticket_ids.append(self._tell_desk(session, record, follow_up))
+                ticket_ids.append(self._tell_desk(session, callers, record, follow_up))
         return next((t for t in ticket_ids if t), None)
 
     def _lock_calls(
@@ -309,7 +394,8 @@ class CallRecorder:
         first = {(e.provider, e.call_id): e for e in reversed(events)}
         if not first:
             return {}, set()
-        records = self._read_calls(session, first)
+        connection = session.connection()
+        records = self._read_calls(connection, first)
         missing = [event for key, event in first.items() if key not in records]
         created: set[tuple[str, str]] = set()
         if missing:
@@ -318,19 +404,9 @@ class CallRecorder:
             contacts: dict[str, int] = {}
             phones = {phone for phone in callers.values() if phone}
             if phones:
-                found = session.execute(
-                    select(Contact.phone, Contact.id)
-                    .where(Contact.phone.in_(phones))
-                    .order_by(Contact.id)
-                )
-                for phone, contact_id in found:
+                found = connection.execute(_CONTACTS_BY_PHONE, {"phones": list(phones)})
+                for phone, contact_id, _ in found:
                     contacts.setdefault(phone or "", contact_id)
-            # Another daemon may create the same call at the same moment (PostgreSQL).
-            stmt = (
-                _dialect_insert(session)(CALLS)
-                .on_conflict_do_nothing(index_elements=["provider", "call_id"])
-                .returning(CALLS.c.id, CALLS.c.provider, CALLS.c.call_id)
-            )
             rows = [
                 {
                     "provider": event.provider,
@@ -346,7 +422,10 @@ class CallRecorder:
                 }
                 for event, phone in callers.items()
             ]
-            new = {(row.provider, row.call_id): row.id for row in session.execute(stmt, rows)}
+            new = {
+                (row.provider, row.call_id): row.id
+                for row in connection.execute(_CREATE_CALLS[connection.dialect.name], rows)
+            }
             for event, row in zip(callers, rows, strict=True):
                 key = (event.provider, event.call_id)
                 if key in new:
@@ -356,45 +435,42 @@ class CallRecorder:
             # Created by another daemon since it was looked for: read as it is now.
             taken = [key for key in first if key not in records]
             if taken:
-                records.update(self._read_calls(session, taken))
+                records.update(self._read_calls(connection, taken))
         return records, created
 
     @staticmethod
     def _read_calls(
-        session: Session, keys: Collection[tuple[str, str]]
+        connection: Connection, keys: Collection[tuple[str, str]]
     ) -> dict[tuple[str, str], CallRecord]:
         by_provider: dict[str, list[str]] = {}
         for provider, call_id in keys:
             by_provider.setdefault(provider, []).append(call_id)
-        # Per provider rather than a row-value IN, which SQLite answers by scanning the table.
-        stmt = (
-            _READ_CALLS.where(
-                or_(
-                    *(
-                        and_(CALLS.c.provider == provider, CALLS.c.call_id.in_(call_ids))
-                        for provider, call_ids in by_provider.items()
-                    )
-                )
+        records = {}
+        # Per provider rather than a row-value IN, which SQLite answers by scanning the
+        # table; providers in one order, so that daemons locking overlapping batches take
+        # the locks in one order (the rows of each are ordered by id).
+        for provider in sorted(by_provider):
+            rows = connection.execute(
+                _LOCK_CALLS, {"provider": provider, "call_ids": by_provider[provider]}
             )
-            # Ordered, so that daemons locking overlapping batches take the locks in one order.
-            .order_by(CALLS.c.id)
-            .with_for_update()
-        )
-        return {(row.provider, row.call_id): CallRecord(*row) for row in session.execute(stmt)}
+            records.update({(row.provider, row.call_id): CallRecord(*row) for row in rows})
+        return records
 
     # the desk ------------------------------------------------------------------------------
 
-    def _tell_desk(self, session: Session, record: CallRecord, follow_up: FollowUp) -> int | None:
+    def _tell_desk(
+        self, session: Session, callers: _Callers, record: CallRecord, follow_up: FollowUp
+    ) -> int | None:
         if follow_up is FollowUp.RECORDING:
             ticket = session.get_one(Ticket, record.ticket_id)
             self.desk.journal(session, ticket, ACTOR, follow_up.value, **_details(record))
             return ticket.id
         if follow_up is FollowUp.ANSWERED:
-            return self._answered(session, record)
-        return self._missed(session, record)
+            return self._answered(session, callers, record)
+        return self._missed(session, callers, record)
 
-    def _answered(self, session: Session, record: CallRecord) -> int | None:
-        ticket = self._open_ticket(session, record.contact_id)
+    def _answered(self, session: Session, callers: _Callers, record: CallRecord) -> int | None:
+        ticket = callers.open_ticket(record.contact_id)
         if ticket is None:
             log.info("%s: answered; waits for the operator's log", record.label)
             return None
@@ -403,9 +479,9 @@ class CallRecorder:
         log.info("%s: answered call %s journaled", ticket.number, record.label)
         return ticket.id
 
-    def _missed(self, session: Session, record: CallRecord) -> int:
-        contact = self._caller_contact(session, record)
-        ticket = self._open_ticket(session, contact.id if contact else None)
+    def _missed(self, session: Session, callers: _Callers, record: CallRecord) -> int:
+        contact = callers.contact(record)
+        ticket = callers.open_ticket(contact.id if contact else None)
         if ticket is not None:
             record.ticket_id = ticket.id
             self.desk.journal(session, ticket, ACTOR, "missed_call", **_details(record))
@@ -414,17 +490,12 @@ class CallRecorder:
             )
             log.info("%s: missed call %s journaled", ticket.number, record.label)
             return ticket.id
-        customer_id = (
-            contact.customer_id
-            if contact
-            else unassigned_customer(session, self.desk, self.policy.unassigned_customer).id
-        )
         ticket = self.desk.register(
             session,
             NewRequest(
                 subject=f"Missed call from {record.from_number}",
                 channel=Channel.PHONE,
-                customer_id=customer_id,
+                customer_id=contact.customer_id if contact else callers.unassigned(),
                 contact_id=contact.id if contact else None,
                 description=_describe(record),
                 priority=self.policy.priority_for(record.provider),
@@ -432,28 +503,90 @@ class CallRecorder:
             ),
             actor=ACTOR,
         )
+        if contact is not None:
+            callers.ticketed(contact.id)
         record.ticket_id = ticket.id
         self.desk.journal(session, ticket, SYSTEM_ACTOR, "missed_call", **_details(record))
         log.info("%s: registered for missed call %s", ticket.number, record.label)
         return ticket.id
 
-    def _caller_contact(self, session: Session, record: CallRecord) -> Contact | None:
+
+class _Caller(NamedTuple):
+    id: int
+    customer_id: int
+
+
+class _Callers:
+    """The contacts a batch's missed calls are from, looked up or added once per batch."""
+
+    def __init__(self, session: Session, recorder: CallRecorder) -> None:
+        self.session = session
+        self.recorder = recorder
+        self.forget()
+
+    def forget(self) -> None:
+        self.by_phone: dict[str, _Caller] = {}
+        self.by_id: dict[int, _Caller] = {}
+        # Contacts this batch added and registered nothing for yet: no open ticket to look for.
+        self.fresh: set[int] = set()
+        self.unassigned_id: int | None = None
+
+    def unassigned(self) -> int:
+        if self.unassigned_id is None:
+            name = self.recorder.policy.unassigned_customer
+            found = self.session.connection().execute(_CUSTOMER_BY_NAME, {"name": name})
+            self.unassigned_id = found.scalar_one_or_none()
+        if self.unassigned_id is None:
+            customer = unassigned_customer(self.session, self.recorder.desk, name)
+            self.unassigned_id = customer.id
+        return self.unassigned_id
+
+    def contact(self, record: CallRecord) -> _Caller | None:
+        """The caller's contact, added to the unassigned customer when the number is new."""
         if record.contact_id is not None:
-            return session.get_one(Contact, record.contact_id)
-        phone = e164(record.from_number, self.policy.default_region)
+            known = self.by_id.get(record.contact_id)
+            if known is None:
+                row = self.session.connection().execute(
+                    _CONTACT_BY_ID, {"contact_id": record.contact_id}
+                )
+                known = self._keep(*row.one())
+            return known
+        phone = e164(record.from_number, self.recorder.policy.default_region)
         if phone is None:
             return None
-        customer = unassigned_customer(session, self.desk, self.policy.unassigned_customer)
-        contact = Contact(customer=customer, phone=phone, name="")
-        session.add(contact)
-        session.flush()
-        record.contact_id = contact.id
-        return contact
+        known = self.by_phone.get(phone)
+        if known is None:
+            # Perhaps added since the call was first heard of, by another call's event.
+            row = self.session.connection().execute(_CONTACTS_BY_PHONE, {"phones": [phone]})
+            found = row.first()
+            if found is not None:
+                known = self._keep(*found)
+            else:
+                customer_id = self.unassigned()
+                contact_id = (
+                    self.session.connection()
+                    .execute(_ADD_CONTACT, {"customer_id": customer_id, "phone": phone})
+                    .scalar_one()
+                )
+                known = self._keep(phone, contact_id, customer_id)
+                self.fresh.add(contact_id)
+        record.contact_id = known.id
+        return known
 
-    def _open_ticket(self, session: Session, contact_id: int | None) -> Ticket | None:
-        if contact_id is None:
+    def _keep(self, phone: str | None, contact_id: int, customer_id: int) -> _Caller:
+        caller = _Caller(contact_id, customer_id)
+        self.by_id[contact_id] = caller
+        if phone:
+            self.by_phone[phone] = caller
+        return caller
+
+    def ticketed(self, contact_id: int) -> None:
+        self.fresh.discard(contact_id)
+
+    def open_ticket(self, contact_id: int | None) -> Ticket | None:
+        if contact_id is None or contact_id in self.fresh:
             return None
-        return session.scalars(
+        return self.session.scalars(
             select(Ticket)
             .where(Ticket.contact_id == contact_id, Ticket.status.in_(OPEN_STATUSES))
             .order_by(Ticket.updated_at.desc(), Ticket.id.desc())
@@ -493,8 +626,3 @@ def unassigned_customer(session: Session, desk: Desk, name: str) -> Customer:
             session, name, package=rules.default_package, known_packages=rules.packages
         )
     return customer
-
-
-def _dialect_insert(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -206,7 +206,13 @@ def webhook_handler(
             log.warning("%s: refused a request: %s", adapter.name, error.reason)
             return _error(error.status, error.reason)
         if normalised.source_ref is not None:
-            item = Received(adapter.name, normalised.source_ref, received.to_raw())
+            item = Received(
+                adapter.name,
+                normalised.source_ref,
+                received.to_raw(),
+                normalised.events,
+                normalised.ignored,
+            )
             try:
                 await request.app[WRITER].write(item)
             except Exception:

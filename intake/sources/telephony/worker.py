@@ -1,9 +1,12 @@
 """Stored call events become call records and tickets.
 
 The HTTP edge only keeps each verified request and answers; this worker claims the kept
-requests of the telephony sources in the order they arrived, reads each again with its
-adapter and hands its events to the call recorder. The edge wakes it after each commit;
-a failed item comes back after its backoff.
+requests of the telephony sources in the order they arrived and hands their events to the
+call recorder: as the edge read them, or, for a request kept by another daemon or before a
+restart, as its adapter reads the kept request again. The edge wakes it after each commit;
+a failed item comes back after its backoff. While webhooks arrive, answering them comes
+first: the worker takes small batches and stands aside between them; then it works off
+its backlog in large ones.
 """
 
 from __future__ import annotations
@@ -13,16 +16,25 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from intake.calls import CallRecorder, Work, source_name
+from intake.calls import CallRecorder, Meaning, Work, source_name
 from intake.sources.telephony.base import TelephonyAdapter, WebhookError, WebhookRequest
-from storage import inbound
+from storage import calls as stored
+from storage.calls import Claimed
 
 log = logging.getLogger(__name__)
 
-# Items per transaction. The call bookkeeping of a batch is a few statements, so a batch
-# is short; on SQLite the webhooks' own commits, which wait for the one write lock, are
-# held up by one batch at most.
-BATCH = 16
+# Items per transaction while webhooks are arriving. On SQLite their commits wait for the
+# one write lock, so they are held up by one batch at most: about 15 ms of work.
+BATCH = 32
+# Items per transaction when none are: the claim, locks and commit of a batch cost about
+# as much as its items' bookkeeping, so a backlog is worked off in large batches.
+BACKLOG_BATCH = 128
+# Webhooks stored this recently (seconds) mean more are arriving.
+ARRIVING = 0.25
+# While they are, after each full batch the worker stands aside this many times as long
+# as the batch took: answering them keeps the CPU (one process, one interpreter lock),
+# and the worker still gets a share of it, so its backlog does not grow without bound.
+STAND_ASIDE = 1.0
 # After a partial batch, how long events are let gather before the next one: under load a
 # batch per webhook commit would spend the time on per-batch work (claim, locks, commit)
 # that the webhooks' own commits need.
@@ -43,6 +55,7 @@ class CallEventWorker:
     ) -> None:
         self.recorder = recorder
         self.adapters = {source_name(adapter.name): adapter for adapter in adapters}
+        self.sources = sorted(self.adapters)
         # The storage thread(s) of the HTTP app: on SQLite one writer for the webhooks'
         # commits and this worker's, taking turns.
         self.executor = executor
@@ -50,17 +63,27 @@ class CallEventWorker:
         self.wakeup = asyncio.Event()
         # Set while nothing stored is waiting to be processed.
         self.idle = asyncio.Event()
+        # When webhooks were last stored (the loop's clock).
+        self.stored_at = -ARRIVING
+
+    def arriving(self) -> bool:
+        """Whether webhooks are arriving now."""
+        return asyncio.get_running_loop().time() - self.stored_at < ARRIVING
 
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while not stopping.is_set():
+            limit = BATCH if self.arriving() else BACKLOG_BATCH
+            began = loop.time()
             try:
-                processed = await loop.run_in_executor(self.executor, self.process_due)
+                processed = await loop.run_in_executor(self.executor, self.process_due, limit)
             except Exception:
                 # The database is away; the items stay stored and are taken again.
                 log.exception("telephony: cannot process stored call events")
                 processed = 0
-            if processed == BATCH:
+            if processed == limit:
+                if self.arriving():
+                    await _first(stopping, seconds=(loop.time() - began) * STAND_ASIDE)
                 continue
             if processed:
                 await _first(stopping, seconds=GATHER)
@@ -71,6 +94,7 @@ class CallEventWorker:
 
     def notify(self) -> None:
         """New events are stored: act on them now."""
+        self.stored_at = asyncio.get_running_loop().time()
         self.idle.clear()
         self.wakeup.set()
 
@@ -79,39 +103,44 @@ class CallEventWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.process_all)
 
-    def process_due(self) -> int:
-        """Process up to BATCH due items in one transaction; how many were taken.
+    def process_due(self, limit: int = BATCH) -> int:
+        """Process up to ``limit`` due items in one transaction; how many were taken.
 
         Should the batch's transaction itself fail, one item is taken on its own, so that
         a fault no item's guard catches holds up that item only."""
         if not self.adapters:
             return 0
         try:
-            return self._process(BATCH)
+            return self._process(limit)
         except Exception:
             log.exception("telephony: a batch of call events failed; taking them one by one")
         return self._process(1)
 
     def _process(self, limit: int) -> int:
+        read_ahead = self.recorder.read_ahead
         with self.recorder.db.transaction() as session:
-            items = inbound.claim(session, limit=limit, sources=list(self.adapters))
+            items = stored.claim(session, limit=limit, sources=self.sources)
             work = []
             for item in items:
-                adapter = self.adapters[item.source]
-                request = WebhookRequest.from_raw(item.raw, route=_route(item.raw))
-                try:
-                    normalised = adapter.normalise(request)
-                except (WebhookError, ValueError) as error:
-                    inbound.ignored(session, item, reason=f"cannot be read: {error}")
-                    continue
-                work.append(Work(item, normalised.events, normalised.ignored))
+                meaning = read_ahead.take(item.source, item.source_ref) or self._read(item)
+                work.append(Work(item, *meaning))
             self.recorder.process(session, work)
             return len(items)
+
+    def _read(self, item: Claimed) -> Meaning:
+        """What the kept request says, read again by its adapter."""
+        adapter = self.adapters[item.source]
+        request = WebhookRequest.from_raw(item.raw, route=_route(item.raw))
+        try:
+            normalised = adapter.normalise(request)
+        except (WebhookError, ValueError) as error:
+            return Meaning((), f"cannot be read: {error}")
+        return Meaning(normalised.events, normalised.ignored)
 
     def process_all(self) -> int:
         """Process everything that is due now; how many items."""
         total = 0
-        while processed := self.process_due():
+        while processed := self.process_due(BACKLOG_BATCH):
             total += processed
         return total
 

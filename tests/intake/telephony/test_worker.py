@@ -1,0 +1,133 @@
+"""The call-event worker: what it claims, in which order, and what it reads the events from."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from intake.desk import Desk
+from intake.http import WORKER, create_app, http_context
+from intake.sources.telephony.base import Invalid, Normalised, WebhookRequest
+from storage import calls as stored
+from storage import inbound
+from storage.db import Database
+from storage.models import Contact, InboundItem, InboundState, utcnow
+from tests.intake.conftest import RULES
+from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
+from tests.intake.telephony.test_generic import CALLER_E164, URL, event, the_call, tickets
+
+GENERIC = "telephony:generic"
+
+
+def _keep(db: Database, source_ref: str, source: str = GENERIC) -> int:
+    with db.transaction() as session:
+        return inbound.store(session, source=source, source_ref=source_ref, raw=b"raw").id
+
+
+def _set(db: Database, item_id: int, state: InboundState, next_attempt_at: dt.datetime) -> None:
+    with db.transaction() as session:
+        session.execute(
+            update(InboundItem)
+            .where(InboundItem.id == item_id)
+            .values(state=state, next_attempt_at=next_attempt_at)
+        )
+
+
+def test_claim_takes_new_and_due_items_in_arrival_order_and_leaves_the_rest(
+    db: Database,
+) -> None:
+    now = utcnow()
+    earlier, later = now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=1)
+    new_1 = _keep(db, "a")
+    failed_due = _keep(db, "b")
+    _set(db, failed_due, InboundState.FAILED, earlier)
+    lease_over = _keep(db, "c")
+    _set(db, lease_over, InboundState.PROCESSING, earlier)
+    lease_running = _keep(db, "d")
+    _set(db, lease_running, InboundState.PROCESSING, later)
+    failed_later = _keep(db, "e")
+    _set(db, failed_later, InboundState.FAILED, later)
+    done = _keep(db, "f")
+    _set(db, done, InboundState.DONE, earlier)
+    _keep(db, "g", source="imap:support")
+    new_2 = _keep(db, "h")
+
+    with db.transaction() as session:
+        first = stored.claim(session, sources=[GENERIC], limit=3, now=now)
+    with db.transaction() as session:
+        rest = stored.claim(session, sources=[GENERIC], limit=10, now=now)
+    with db.transaction() as session:
+        again = stored.claim(session, sources=[GENERIC], limit=10, now=now)
+
+    assert [item.id for item in first] == [new_1, failed_due, lease_over]
+    assert [item.id for item in rest] == [new_2]
+    assert again == []
+    assert [item.attempts for item in first] == [1, 1, 1]
+    with db.transaction() as session:
+        claimed = session.get_one(InboundItem, new_1)
+        assert (claimed.state, claimed.attempts) == (InboundState.PROCESSING, 1)
+        assert claimed.next_attempt_at is not None
+        assert claimed.next_attempt_at > now
+
+
+@pytest.mark.parametrize("batches", ["one batch", "a batch per event"])
+async def test_missed_calls_from_one_new_number_make_one_contact_and_one_ticket(
+    db: Database, make_client: ClientFactory, batches: str
+) -> None:
+    client = await make_client()
+    # Both calls are first heard of before the caller is a contact.
+    for call_id in ("m-1", "m-2"):
+        assert (await client.post(URL, json=event("newCall", call_id=call_id))).status == 200
+    await processed(client)
+    for call_id in ("m-1", "m-2"):
+        body = event("hangup", call_id=call_id, cause="noAnswer")
+        assert (await client.post(URL, json=body)).status == 200
+        if batches == "a batch per event":
+            await processed(client)
+    await processed(client)
+
+    (ticket,) = tickets(db)
+    with db.transaction() as session:
+        (contact,) = session.scalars(select(Contact).where(Contact.phone == CALLER_E164))
+        states = set(session.scalars(select(InboundItem.state)))
+    assert ticket.contact_id == contact.id
+    assert the_call(db, "m-1").ticket_id == the_call(db, "m-2").ticket_id == ticket.id
+    assert states == {InboundState.DONE}
+
+
+async def test_the_worker_acts_on_what_the_edge_read_without_reading_it_again(
+    db: Database, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_client()
+    for name in ("newCall", "hangup"):
+        body = event(name, call_id="r-1", cause="noAnswer")
+        assert (await client.post(URL, json=body)).status == 200
+    adapter = client.app[WORKER].adapters[GENERIC]
+
+    def unreadable(request: WebhookRequest) -> Normalised:
+        raise Invalid("read a second time")
+
+    monkeypatch.setattr(adapter, "normalise", unreadable)
+    await processed(client)
+
+    assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
+
+
+async def test_events_kept_before_a_restart_are_read_again_from_the_kept_request(
+    db: Database, make_client: ClientFactory, aiohttp_client: Any
+) -> None:
+    before = await make_client()
+    for name in ("newCall", "hangup"):
+        body = event(name, call_id="k-1", cause="noAnswer")
+        assert (await before.post(URL, json=body)).status == 200
+
+    app = create_app(http_context(settings_with(), db, Desk(RULES)), process_events=False)
+    after = await aiohttp_client(app)
+    await processed(after)
+
+    assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
+    with db.transaction() as session:
+        assert set(session.scalars(select(InboundItem.state))) == {InboundState.DONE}
