@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import string
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
@@ -82,9 +83,15 @@ _ON_DUTY = (
     .limit(1)
 )
 _NEXT_ON_DUTY = {
-    # Two daemons registering at once take different engineers.
-    "postgresql": _ON_DUTY.with_for_update(skip_locked=True, of=_STAFF),
-    "sqlite": _ON_DUTY,
+    # Two daemons registering at once take different engineers; when every engineer of the
+    # queue is in another's turn, the second query waits for one (a short transaction).
+    # FOR NO KEY UPDATE (key_share): a ticket being inserted that names the engineer holds
+    # a KEY SHARE lock on their row until it commits, which FOR UPDATE would wait for.
+    "postgresql": (
+        _ON_DUTY.with_for_update(skip_locked=True, key_share=True, of=_STAFF),
+        _ON_DUTY.with_for_update(key_share=True, of=_STAFF),
+    ),
+    "sqlite": (_ON_DUTY,),
 }
 _STAFF_BY_NAME = select(_STAFF.c.id, _STAFF.c.name).where(_STAFF.c.name == bindparam("name"))
 _CUSTOMERS = _TABLES["customers"]
@@ -121,6 +128,18 @@ _TOUCH_TICKET = (
     .where(_TICKETS.c.id == bindparam("ticket_id"))
     .values(status=bindparam("new_status"), updated_at=bindparam("touched_at"))
 )
+
+
+@contextmanager
+def _shared_turn(session: Session) -> Iterator[Connection]:
+    """Where a shared counter is taken: a short transaction of its own on PostgreSQL
+    (``Database.side_transaction``), the caller's own otherwise."""
+    database = session.info.get("database")
+    if session.get_bind().dialect.name == "postgresql" and database is not None:
+        with database.side_transaction() as connection:
+            yield connection
+    else:
+        yield session.connection()
 
 
 class DeskError(Exception):
@@ -385,16 +404,18 @@ class Desk:
     # numbers ------------------------------------------------------------------------------
 
     def allocate_number(self, session: Session, now: dt.datetime) -> str:
-        """Next registration number, taken inside the caller's transaction.
+        """Next registration number: unique, never reused; a rollback leaves a gap.
 
-        The counter row is incremented with an upsert that holds its row lock until the
-        registration commits, so concurrent registrations queue on it: a rollback leaves a
-        gap, never a duplicate.
+        On SQLite it is taken in the caller's transaction (one writer: nothing to wait
+        for). On PostgreSQL it is taken in a short transaction of its own
+        (:func:`_shared_turn`), so that the counter's row lock is not held until the
+        caller's commit while every other worker and daemon queues behind it.
         """
         year = now.astimezone(self.zone).year
         scope = str(year) if number_scope(self.rules.number_format) == "year" else "all"
-        stmt = _NEXT_IN_COUNTER[session.get_bind().dialect.name]
-        seq = session.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
+        with _shared_turn(session) as connection:
+            stmt = _NEXT_IN_COUNTER[connection.dialect.name]
+            seq = connection.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
         return self.rules.number_format.format(year=year, seq=seq)
 
     # registration -------------------------------------------------------------------------
@@ -495,7 +516,9 @@ class Desk:
             )
         ]
         if assignee is not None:
-            session.execute(_MARK_ASSIGNED, {"staff_id": assignee.id, "assigned_at": now})
+            if rule == "explicit":
+                # A round-robin pick took its turn already (next_on_duty).
+                session.execute(_MARK_ASSIGNED, {"staff_id": assignee.id, "assigned_at": now})
             journal.append(
                 self._journal_row(
                     ticket_id,
@@ -758,9 +781,21 @@ class Desk:
 
     def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Row[int, str] | None:
         """Round-robin: the on-duty engineer (id, name) of ``queue`` who was assigned
-        longest ago."""
-        stmt = _NEXT_ON_DUTY[session.get_bind().dialect.name]
-        return session.execute(stmt, {"queue": queue}).first()
+        longest ago; their turn is taken (``last_assigned_at`` = ``now``).
+
+        On PostgreSQL the turn is taken in a short transaction of its own, like the
+        number: two registrations at once take different engineers (SKIP LOCKED), and
+        one that finds every engineer of the queue in another's turn waits for it rather
+        than leave its ticket unassigned. A rolled-back registration keeps the turn taken.
+        """
+        with _shared_turn(session) as connection:
+            statements = _NEXT_ON_DUTY[connection.dialect.name]
+            for stmt in statements:
+                staff = connection.execute(stmt, {"queue": queue}).first()
+                if staff is not None:
+                    connection.execute(_MARK_ASSIGNED, {"staff_id": staff.id, "assigned_at": now})
+                    return staff
+        return None
 
     def _assign(
         self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,7 +68,10 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        # Code that is handed only a session finds its database in ``session.info``.
+        self.sessions = sessionmaker(engine, expire_on_commit=False, info={"database": self})
+        self._side: Engine | None = None
+        self._side_lock = threading.Lock()
         # SQLite has one writer. Threads of this process take turns on a lock of ours, so
         # the next one starts the moment a commit ends; on SQLite's own lock alone they
         # would poll it with sleeps of 1 to 100 ms (its busy handler), and under load
@@ -91,5 +94,22 @@ class Database:
         with self._writer, self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def side_transaction(self) -> Iterator[Connection]:
+        """A short transaction of its own beside the caller's, committed at once.
+
+        For a shared counter (registration numbers, the round-robin turn) on PostgreSQL:
+        taken in the caller's long transaction, its row lock would be held until that
+        commits, and every other worker and daemon would queue behind it. Its connections
+        come from a small pool of their own, so they never wait for the main pool, which
+        long transactions hold. What it writes stays when the caller rolls back."""
+        with self._side_lock:
+            if self._side is None:
+                self._side = create_db_engine(self.engine.url, pool_size=2)
+        with self._side.begin() as connection:
+            yield connection
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._side is not None:
+            self._side.dispose()
