@@ -111,7 +111,7 @@ class Pipeline:
         return count
 
     def _claim(self, session: Session) -> Sequence[InboundItem]:
-        return inbound.claim(
+        claimed = inbound.claim(
             session,
             now=self.clock(),
             limit=BATCH,
@@ -119,6 +119,7 @@ class Pipeline:
             channels=MAIL_CHANNELS,
             max_bytes=BATCH_BYTES,
         )
+        return inbound.items(session, claimed)
 
     def process(
         self, items: Sequence[InboundItem], *, claim_next: bool = False

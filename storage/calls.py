@@ -1,106 +1,47 @@
-"""The inbound store as the call-event worker uses it: claims and marks in a few Core
-statements per batch.
+"""The inbound store as the call-event worker uses it: a batch of webhooks kept and marked
+in a few Core statements.
 
-The same states and lease as :mod:`storage.inbound` (which the mail pipeline uses with ORM
-items); here a batch of webhooks costs one SELECT and one UPDATE to claim and one UPDATE
-per outcome to mark, instead of a statement and an ORM object per item.
+The same states as :mod:`storage.inbound`, whose :func:`~storage.inbound.claim` the worker
+uses too; here a batch costs two INSERTs to keep and one UPDATE per outcome to mark,
+instead of statements and an ORM object per item.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import BindParameter, Select, and_, bindparam, or_, select, update
+from sqlalchemy import bindparam, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage.inbound import DEFAULT_LEASE
-from storage.models import InboundItem, InboundState, utcnow
-
-INBOUND = InboundItem.metadata.tables["inbound"]
+from storage.inbound import INBOUND, write_raw
+from storage.models import InboundState, utcnow
 
 
-class Claimed(NamedTuple):
-    """A claimed item: what the worker needs of it, no ORM object."""
-
-    id: int
-    source: str
-    source_ref: str
-    raw: bytes
-    attempts: int
-
-
-def claim(
-    session: Session,
-    *,
-    sources: Sequence[str],
-    limit: int,
-    now: dt.datetime | None = None,
-    lease: dt.timedelta = DEFAULT_LEASE,
-) -> list[Claimed]:
-    """What :func:`storage.inbound.claim` does for these sources exactly, in a few
-    statements: the due items in the order they arrived, ``processing`` until the lease ends.
-
-    New items and items due again are looked for apart: asked for together, SQLite reads
-    every pending item (the whole backlog, under load) to sort them by id; asked for alone,
-    new items come from the claim index in id order, and the others are few."""
-    now = now or utcnow()
+def store(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """What :func:`storage.inbound.store` does, for a batch: each row is the item's columns
+    and its ``raw`` bytes. The (source, source_ref) of the items new here; the others are
+    duplicates."""
+    raws: dict[tuple[str, str], bytes] = {}
+    for row in rows:
+        # The first of a reference repeated in the batch is the one inserted.
+        raws.setdefault((row["source"], row["source_ref"]), row["raw"])
     connection = session.connection()
-    fresh, again = _due(connection.dialect.name, limit, tuple(sources))
-    rows = [*connection.execute(fresh), *connection.execute(again, {"now": now})]
-    if not rows:
-        return []
-    rows.sort(key=lambda row: row.id)
-    del rows[limit:]
-    connection.execute(_MARK_CLAIMED, {"ids": [row.id for row in rows], "until": now + lease})
-    return [Claimed(row.id, row.source, row.source_ref, row.raw, row.attempts + 1) for row in rows]
+    new = connection.execute(
+        _STORE[connection.dialect.name],
+        [{name: value for name, value in row.items() if name != "raw"} for row in rows],
+    ).all()
+    write_raw(connection, {row.id: raws[(row.source, row.source_ref)] for row in new})
+    return {(row.source, row.source_ref) for row in new}
 
 
-@functools.lru_cache(maxsize=32)
-def _due(dialect: str, limit: int, sources: tuple[str, ...]) -> tuple[Select[Any], Select[Any]]:
-    """New items (pending, never tried), and items due again (failed, their lease run out)."""
-    now: BindParameter[dt.datetime] = bindparam("now")
-    columns = select(
-        INBOUND.c.id, INBOUND.c.source, INBOUND.c.source_ref, INBOUND.c.raw, INBOUND.c.attempts
-    )
-    fresh = columns.where(
-        INBOUND.c.state == InboundState.PENDING, INBOUND.c.next_attempt_at.is_(None)
-    )
-    again = columns.where(
-        or_(
-            and_(
-                INBOUND.c.state.in_([InboundState.FAILED, InboundState.PROCESSING]),
-                or_(INBOUND.c.next_attempt_at.is_(None), INBOUND.c.next_attempt_at <= now),
-            ),
-            and_(INBOUND.c.state == InboundState.PENDING, INBOUND.c.next_attempt_at <= now),
-        )
-    )
-    statements = []
-    for stmt in (fresh, again):
-        # As in storage.inbound: an expression keeps SQLite's planner on the claim index
-        # rather than the (source, source_ref) one, which walks every item ever stored.
-        stmt = (
-            stmt.where(INBOUND.c.source.concat("").in_(list(sources)))
-            .order_by(INBOUND.c.id)
-            .limit(limit)
-        )
-        if dialect == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        statements.append(stmt)
-    return statements[0], statements[1]
-
-
-_MARK_CLAIMED = (
-    update(INBOUND)
-    .where(INBOUND.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        state=InboundState.PROCESSING,
-        attempts=INBOUND.c.attempts + 1,
-        next_attempt_at=bindparam("until"),
-    )
-)
+_STORE = {
+    name: dialect.insert(INBOUND)
+    .on_conflict_do_nothing(index_elements=["source", "source_ref"])
+    .returning(INBOUND.c.id, INBOUND.c.source, INBOUND.c.source_ref)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 _MARK_DONE = (
     update(INBOUND)
     .where(INBOUND.c.id == bindparam("item_id"))

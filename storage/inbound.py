@@ -7,24 +7,42 @@ own transaction that also marks it :func:`done` or :func:`ignored`, and on an er
 last attempt. A worker that dies mid-item leaves a lease that runs out, and the item is
 claimed again; because the desk's work and the item's ``done`` commit together, no item is
 registered twice.
+
+The raw bytes are kept in a table of their own (``inbound_raw``), written once and never
+updated; claims and outcomes touch only the item's small row, and the raw bytes are read
+for the items taken (:func:`raw_of`, :func:`items`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Collection, Sequence
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import BindParameter, Select, bindparam, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
-from storage.models import InboundItem, InboundState, utcnow
+from storage.models import InboundItem, InboundRaw, InboundState, utcnow
 
 DEFAULT_LEASE = dt.timedelta(minutes=5)
+# Raw bytes up to this size are written as a bound parameter; larger ones in place (store).
+RAW_PIECE = 1024 * 1024
 
 
 class InboundError(LookupError):
@@ -37,6 +55,21 @@ class Stored:
     duplicate: bool
 
 
+class Claimed(NamedTuple):
+    """A claimed item, without its raw bytes (see :func:`raw_of` and :func:`items`)."""
+
+    id: int
+    source: str
+    source_ref: str
+    message_id: str | None
+    size: int
+    attempts: int
+
+
+INBOUND = InboundItem.metadata.tables["inbound"]
+INBOUND_RAW = InboundRaw.metadata.tables["inbound_raw"]
+
+
 def store(
     session: Session,
     *,
@@ -47,32 +80,115 @@ def store(
     received_at: dt.datetime | None = None,
 ) -> Stored:
     """Write a received item once; a second delivery of the same reference is a duplicate."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(InboundItem)
-        .values(
-            source=source,
-            source_ref=source_ref,
-            raw=raw,
-            size=len(raw),
-            message_id=message_id,
-            received_at=received_at or utcnow(),
-            state=InboundState.PENDING,
-            attempts=0,
-        )
-        .on_conflict_do_nothing(index_elements=["source", "source_ref"])
-        .returning(InboundItem.id)
-    )
-    new_id = session.execute(stmt).scalar_one_or_none()
+    connection = session.connection()
+    stmt = _STORE[connection.dialect.name]
+    new_id = connection.execute(
+        stmt,
+        {
+            "source": source,
+            "source_ref": source_ref,
+            "size": len(raw),
+            "message_id": message_id,
+            "received_at": received_at or utcnow(),
+            "state": InboundState.PENDING,
+            "attempts": 0,
+        },
+    ).scalar_one_or_none()
     if new_id is not None:
+        write_raw(connection, {new_id: raw})
         return Stored(new_id, duplicate=False)
-    existing = session.scalars(
-        select(InboundItem.id).where(
-            InboundItem.source == source, InboundItem.source_ref == source_ref
-        )
-    ).one()
+    existing = connection.execute(
+        select(INBOUND.c.id).where(INBOUND.c.source == source, INBOUND.c.source_ref == source_ref)
+    ).scalar_one()
     return Stored(existing, duplicate=True)
+
+
+_STORE = {
+    name: dialect.insert(INBOUND)
+    .on_conflict_do_nothing(index_elements=["source", "source_ref"])
+    .returning(INBOUND.c.id)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+_STORE_RAW = INBOUND_RAW.insert()
+_RESERVE_RAW = INBOUND_RAW.insert().values(
+    inbound_id=bindparam("inbound_id"), raw=func.zeroblob(bindparam("size"))
+)
+
+
+def write_raw(connection: Connection, raws: Mapping[int, bytes]) -> None:
+    """Write newly stored items' raw bytes, by item id: once, and never updated."""
+    large = {}
+    if connection.dialect.name == "sqlite":
+        large = {item_id: raw for item_id, raw in raws.items() if len(raw) > RAW_PIECE}
+    small = [
+        {"inbound_id": item_id, "raw": raw} for item_id, raw in raws.items() if item_id not in large
+    ]
+    if small:
+        connection.execute(_STORE_RAW, small)
+    if not large:
+        return
+    # Bound as a parameter, a large mail's bytes would be copied by the sqlite3 module and
+    # again into the record SQLite builds: three times the mail in memory at once. A
+    # zeroblob takes no memory, and the bytes are written into it page by page.
+    connection.execute(
+        _RESERVE_RAW, [{"inbound_id": item_id, "size": len(raw)} for item_id, raw in large.items()]
+    )
+    driver = _sqlite_connection(connection)
+    for item_id, raw in large.items():
+        view = memoryview(raw)
+        with driver.blobopen("inbound_raw", "raw", item_id, readonly=False) as blob:
+            for start in range(0, len(view), RAW_PIECE):
+                blob.write(view[start : start + RAW_PIECE])
+
+
+def raw_of(session: Session, ids: Collection[int]) -> dict[int, bytes]:
+    """The raw bytes of these items, by id."""
+    if not ids:
+        return {}
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        rows = connection.execute(_RAW_OF, {"ids": list(ids)})
+        return {item_id: raw for item_id, raw in rows}
+    # Read in place into the bytes object handed back: a SELECT holds the bytes twice, once
+    # assembled by SQLite and once copied by the sqlite3 module.
+    driver = _sqlite_connection(connection)
+    raws = {}
+    for item_id in ids:
+        with driver.blobopen("inbound_raw", "raw", item_id) as blob:
+            raws[item_id] = blob.read()
+    return raws
+
+
+_RAW_OF = select(INBOUND_RAW.c.inbound_id, INBOUND_RAW.c.raw).where(
+    INBOUND_RAW.c.inbound_id.in_(bindparam("ids", expanding=True))
+)
+
+
+def _sqlite_connection(connection: Connection) -> sqlite3.Connection:
+    # The DBAPI connection in this transaction (SQLAlchemy's pysqlite driver).
+    return cast(sqlite3.Connection, connection.connection.driver_connection)
+
+
+def items(session: Session, claimed: Sequence[Claimed]) -> Sequence[InboundItem]:
+    """Claimed items as ORM objects, raw bytes loaded, in the order given."""
+    if not claimed:
+        return []
+    ids = [item.id for item in claimed]
+    loaded = session.scalars(_CLAIMED_ITEMS, {"item_ids": ids}).all()
+    raws = raw_of(session, ids)
+    for item in loaded:
+        set_committed_value(item, "raw", raws[item.id])
+    return loaded
+
+
+_CLAIMED_ITEMS = (
+    select(InboundItem)
+    .options(defer(InboundItem.raw))
+    .where(InboundItem.id.in_(bindparam("item_ids", expanding=True)))
+    .order_by(InboundItem.id)
+    # An item this session loaded before must show the claim just written.
+    .execution_options(populate_existing=True)
+)
 
 
 def claim(
@@ -84,97 +200,110 @@ def claim(
     sources: Collection[str] | None = None,
     channels: Collection[str] | None = None,
     max_bytes: int | None = None,
-) -> Sequence[InboundItem]:
-    """Take up to ``limit`` items that are due: pending, failed and due again, or whose
-    previous worker's lease ran out. They are ``processing`` until the lease ends.
+) -> list[Claimed]:
+    """Take up to ``limit`` items that are due, in the order they arrived: pending, failed
+    and due again, or whose previous worker's lease ran out. They are ``processing`` until
+    the lease ends, and each claim counts as an attempt.
 
     ``sources`` names sources exactly (``telephony:twilio``); ``channels`` names families of
     them (``imap`` is every ``imap:<mailbox>``), so each worker takes only what it reads.
     ``max_bytes`` bounds the raw bytes taken at once (the first item is taken whatever its
-    size): a batch of large mails must not all sit in memory together."""
+    size): a batch of large mails must not all sit in memory together.
+
+    New items and items due again are looked for apart: asked for together, SQLite reads
+    every pending item (the whole backlog, under load) to sort them by id; asked for alone,
+    new items come from the claim index in id order, and the others are few."""
     now = now or utcnow()
-    dialect = session.get_bind().dialect.name
-    stmt = _due_items(
-        dialect,
+    connection = session.connection()
+    fresh, again = _due(
+        connection.dialect.name,
         limit,
         tuple(sources) if sources is not None else None,
         tuple(channels) if channels is not None else None,
     )
-    taken: list[dict[str, Any]] = []
-    until = now + lease
+    rows = [*connection.execute(fresh), *connection.execute(again, {"now": now})]
+    rows.sort(key=lambda row: row.id)
+    taken: list[Row[Any]] = []
     total = 0
-    for item_id, attempts, size in session.execute(stmt, {"now": now}):
-        total += size
+    for row in rows[:limit]:
+        total += row.size
         if taken and max_bytes is not None and total > max_bytes:
             break
-        taken.append({"item_id": item_id, "new_attempts": attempts + 1, "until": until})
+        taken.append(row)
     if not taken:
         return []
-    session.execute(_MARK_CLAIMED, taken)
-    return session.scalars(_CLAIMED_ITEMS, {"item_ids": [t["item_id"] for t in taken]}).all()
+    connection.execute(_MARK_CLAIMED, {"ids": [row.id for row in taken], "until": now + lease})
+    return [
+        Claimed(row.id, row.source, row.source_ref, row.message_id, row.size, row.attempts + 1)
+        for row in taken
+    ]
 
 
 @functools.lru_cache(maxsize=64)
-def _due_items(
+def _due(
     dialect: str,
     limit: int,
     sources: tuple[str, ...] | None,
     channels: tuple[str, ...] | None,
-) -> Select[int, int, int]:
-    """The claim's query, built once per shape: building it cost more than running it.
-    It reads (id, attempts, size), without the raw bytes, which only the items taken need."""
+) -> tuple[Select[Any], Select[Any]]:
+    """The claim's queries, built once per shape (building them cost more than running
+    them): new items (pending, never tried), and items due again (failed, their lease run
+    out)."""
     now: BindParameter[dt.datetime] = bindparam("now")
-    due = or_(InboundItem.next_attempt_at.is_(None), InboundItem.next_attempt_at <= now)
-    stmt = (
-        select(InboundItem.id, InboundItem.attempts, InboundItem.size)
-        .where(
-            InboundItem.state.in_(
-                [InboundState.PENDING, InboundState.FAILED, InboundState.PROCESSING]
-            ),
-            due,
-        )
-        .order_by(InboundItem.id)
-        .limit(limit)
+    columns = select(
+        INBOUND.c.id,
+        INBOUND.c.source,
+        INBOUND.c.source_ref,
+        INBOUND.c.message_id,
+        INBOUND.c.size,
+        INBOUND.c.attempts,
     )
-    if sources is not None:
-        # Filtering on an expression (`source || ''`) keeps SQLite's planner off the
-        # (source, source_ref) unique index, which walks every item the source ever stored;
-        # the claim index walks only the few that are due.
-        stmt = stmt.where(InboundItem.source.concat("").in_(list(sources)))
-    if channels is not None:
-        stmt = stmt.where(
-            or_(
-                InboundItem.source.in_(list(channels)),
-                *(InboundItem.source.startswith(f"{channel}:") for channel in channels),
-            )
+    fresh = columns.where(
+        INBOUND.c.state == InboundState.PENDING, INBOUND.c.next_attempt_at.is_(None)
+    )
+    again = columns.where(
+        or_(
+            and_(
+                INBOUND.c.state.in_([InboundState.FAILED, InboundState.PROCESSING]),
+                or_(INBOUND.c.next_attempt_at.is_(None), INBOUND.c.next_attempt_at <= now),
+            ),
+            and_(INBOUND.c.state == InboundState.PENDING, INBOUND.c.next_attempt_at <= now),
         )
-    if dialect == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    return stmt
+    )
+    # Filtering on an expression (`source || ''`) keeps SQLite's planner off the
+    # (source, source_ref) unique index, which walks every item the source ever stored;
+    # the claim index walks only the few that are due.
+    source = INBOUND.c.source.concat("")
+    statements = []
+    for stmt in (fresh, again):
+        if sources is not None:
+            stmt = stmt.where(source.in_(list(sources)))
+        if channels is not None:
+            stmt = stmt.where(
+                or_(
+                    source.in_(list(channels)),
+                    *(source.startswith(f"{channel}:") for channel in channels),
+                )
+            )
+        stmt = stmt.order_by(INBOUND.c.id).limit(limit)
+        if dialect == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        statements.append(stmt)
+    return statements[0], statements[1]
 
 
-_CLAIMED_ITEMS = (
-    select(InboundItem)
-    .where(InboundItem.id.in_(bindparam("item_ids", expanding=True)))
-    .order_by(InboundItem.id)
-    # An item this session loaded before must show the claim just written.
-    .execution_options(populate_existing=True)
-)
-
-
-_INBOUND = InboundItem.metadata.tables["inbound"]
 _MARK_CLAIMED = (
-    update(_INBOUND)
-    .where(_INBOUND.c.id == bindparam("item_id"))
+    update(INBOUND)
+    .where(INBOUND.c.id.in_(bindparam("ids", expanding=True)))
     .values(
         state=InboundState.PROCESSING,
-        attempts=bindparam("new_attempts"),
+        attempts=INBOUND.c.attempts + 1,
         next_attempt_at=bindparam("until"),
     )
 )
 _MARK_DONE = (
-    update(_INBOUND)
-    .where(_INBOUND.c.id == bindparam("item_id"))
+    update(INBOUND)
+    .where(INBOUND.c.id == bindparam("item_id"))
     .values(
         state=InboundState.DONE,
         ticket_id=bindparam("done_ticket_id"),
@@ -184,8 +313,8 @@ _MARK_DONE = (
     )
 )
 _MARK_IGNORED = (
-    update(_INBOUND)
-    .where(_INBOUND.c.id == bindparam("item_id"))
+    update(INBOUND)
+    .where(INBOUND.c.id == bindparam("item_id"))
     .values(
         state=InboundState.IGNORED,
         reason=bindparam("reason"),
@@ -237,6 +366,9 @@ def ignored(
     )
 
 
+_NO_RAW = (defer(InboundItem.raw),)
+
+
 def backoff(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> dt.timedelta:
     """30 s, 60 s, 2 min … capped at an hour."""
     return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), cap))
@@ -252,7 +384,7 @@ def failed(
 ) -> InboundState:
     """Record a processing error; retry later, or quarantine after ``max_attempts``."""
     now = now or utcnow()
-    item = session.get(InboundItem, item_id, with_for_update=True)
+    item = session.get(InboundItem, item_id, options=_NO_RAW, with_for_update=True)
     if item is None:
         raise InboundError(f"no inbound item {item_id}")
     item.error = error
@@ -268,7 +400,7 @@ def failed(
 
 def retry(session: Session, item_id: int) -> InboundItem:
     """Put a quarantined, failed or ignored item back in the queue, with fresh attempts."""
-    item = session.get(InboundItem, item_id, with_for_update=True)
+    item = session.get(InboundItem, item_id, options=_NO_RAW, with_for_update=True)
     if item is None:
         raise InboundError(f"no inbound item {item_id}")
     if item.state in (InboundState.DONE, InboundState.PENDING, InboundState.PROCESSING):

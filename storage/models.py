@@ -26,10 +26,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    case,
     event,
+    select,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -351,6 +353,21 @@ class JournalEntry(Base):
     ticket: Mapped[Ticket] = relationship(back_populates="journal")
 
 
+class InboundRaw(Base):
+    """An inbound item's raw bytes, exactly as received: written once, never updated.
+
+    A table of their own, because SQLite rewrites a whole row on any UPDATE: kept in the
+    item's row, a mail's bytes would be read and written again at its claim and at its
+    outcome, which costs memory for a large mail and write-ahead log for every one."""
+
+    __tablename__ = "inbound_raw"
+
+    inbound_id: Mapped[int] = mapped_column(
+        ForeignKey("inbound.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class InboundItem(Base):
     """A received raw item (mail, call event), written before its source acknowledges it."""
 
@@ -366,7 +383,6 @@ class InboundItem(Base):
     source: Mapped[str] = mapped_column(String(64))
     source_ref: Mapped[str] = mapped_column(String(512))
     message_id: Mapped[str | None] = mapped_column(String(998))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     state: Mapped[InboundState] = mapped_column(
@@ -378,6 +394,19 @@ class InboundItem(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Read-only: written by storage.inbound.store(). Loaded with the item unless deferred;
+    # the daemon's own paths defer it and read it apart (storage.inbound.raw_of). The CASE
+    # names this table outside the subquery, so that `select(InboundItem.raw)` alone reads
+    # FROM it and the subquery correlates, rather than the subquery joining it on its own
+    # and answering every row with the first item's bytes.
+    raw: Mapped[bytes] = column_property(
+        case(
+            (
+                id.is_not(None),
+                select(InboundRaw.raw).where(InboundRaw.inbound_id == id).scalar_subquery(),
+            )
+        )
+    )
 
 
 class MailboxCheckpoint(Base):

@@ -87,7 +87,7 @@ def inbound_list(states: tuple[str, ...], limit: int, as_json: bool) -> None:
 
 
 def _item(session: Session, item_id: int) -> InboundItem:
-    item = session.get(InboundItem, item_id)
+    item = session.get(InboundItem, item_id, options=[defer(InboundItem.raw)])
     if item is None:
         raise click.ClickException(f"no inbound item {item_id}")
     return item
@@ -107,7 +107,8 @@ def inbound_show(item_id: int, as_json: bool) -> None:
             else None
         )
         data = _summary(item, number)
-        headers, _, _ = split_header_block(item.raw, 0, min(len(item.raw), HEADER_SCAN))
+        raw = store.raw_of(session, [item.id])[item.id]
+        headers, _, _ = split_header_block(raw, 0, min(len(raw), HEADER_SCAN))
     data["headers"] = {
         name: value.decode("utf-8", "replace")
         for name in SUMMARY_HEADERS
@@ -158,6 +159,6 @@ def inbound_retry(item_id: int | None, all_quarantined: bool) -> None:
 def inbound_export(item_id: int, file: Path) -> None:
     """Write the item's raw bytes, exactly as received, to FILE (e.g. message.eml)."""
     with clikit.app() as app, app.db.transaction() as session:
-        raw = _item(session, item_id).raw
+        raw = store.raw_of(session, [_item(session, item_id).id])[item_id]
     file.write_bytes(raw)
     click.echo(f"inbound {item_id}: {len(raw)} bytes written to {file}")

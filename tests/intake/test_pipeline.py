@@ -442,9 +442,9 @@ def test_a_worker_whose_lease_ran_out_does_not_register_twice(
 ) -> None:
     item_id = receive(db, mail_bytes(subject="Slow"))
     with db.transaction() as session:
-        (slow,) = inbound.claim(session, now=T0)
+        (slow,) = inbound.items(session, inbound.claim(session, now=T0))
     with db.transaction() as session:
-        (fast,) = inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE)
+        (fast,) = inbound.items(session, inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE))
     pipeline = pipeline_for(db, registrar)
     pipeline.process([fast])
     pipeline.process([slow])
@@ -534,9 +534,10 @@ def test_a_batch_whose_lease_was_taken_over_leaves_that_item_alone(
 ) -> None:
     ids = [receive(db, mail_bytes(subject=f"Request {n}")) for n in range(3)]
     with db.transaction() as session:
-        slow = inbound.claim(session, now=T0, limit=3)
+        slow = inbound.items(session, inbound.claim(session, now=T0, limit=3))
     with db.transaction() as session:
-        (fast,) = inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE, limit=1)
+        taken_over = inbound.claim(session, now=T0 + inbound.DEFAULT_LEASE, limit=1)
+        (fast,) = inbound.items(session, taken_over)
     assert fast.id == ids[0]
     pipeline = pipeline_for(db, registrar)
     pipeline.process(slow)

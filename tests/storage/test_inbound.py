@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
+from sqlalchemy import event, select
 
-from storage import inbound
+from storage import calls, inbound
 from storage.db import Database
 from storage.models import InboundItem, InboundState
 
@@ -62,13 +64,14 @@ def test_failures_back_off_then_quarantine(db: Database) -> None:
         assert inbound.retry_quarantined(session) == 1
     with db.transaction() as session:
         (item,) = inbound.claim(session, now=now)
-        assert (item.id, item.attempts, item.error) == (item_id, 1, "boom")
+        assert (item.id, item.attempts) == (item_id, 1)
+        assert session.get_one(InboundItem, item_id).error == "boom"
 
 
 def test_done_and_ignored_items_are_not_claimed_or_retried_when_done(db: Database) -> None:
     a, b = _store(db, "<a@x>").id, _store(db, "<b@x>").id
     with db.transaction() as session:
-        first, second = inbound.claim(session, now=T0, limit=2)
+        first, second = inbound.items(session, inbound.claim(session, now=T0, limit=2))
         inbound.done(session, first, ticket_id=None)
         inbound.ignored(session, second, reason="auto-reply (Auto-Submitted: auto-replied)")
     with db.transaction() as session:
@@ -87,3 +90,87 @@ def test_workers_claim_only_their_channels(db: Database) -> None:
         assert sorted(i.source for i in mail) == ["imap:support", "smtp"]
         calls = inbound.claim(session, now=T0, limit=10, sources=["telephony:generic"])
         assert [i.source for i in calls] == ["telephony:generic"]
+
+
+def test_large_raw_bytes_are_kept_exactly(db: Database) -> None:
+    # More than one piece of the in-place write, and not a whole number of them.
+    raw = bytes(range(256)) * (2 * inbound.RAW_PIECE // 256) + b"tail\r\n"
+    item_id = _store(db, raw=raw).id
+    with db.transaction() as session:
+        assert inbound.raw_of(session, [item_id]) == {item_id: raw}
+        assert session.get_one(InboundItem, item_id).size == len(raw)
+    with db.transaction() as session:
+        (item,) = inbound.items(session, inbound.claim(session, now=T0))
+        inbound.done(session, item, ticket_id=None)
+        assert item.raw == raw
+    with db.transaction() as session:
+        assert session.get_one(InboundItem, item_id).raw == raw
+
+
+def test_claim_takes_no_more_raw_bytes_than_asked_but_always_one_item(db: Database) -> None:
+    ids = [_store(db, ref=f"<{n}@x>", raw=b"x" * 100).id for n in range(4)]
+    with db.transaction() as session:
+        assert [i.id for i in inbound.claim(session, now=T0, limit=4, max_bytes=250)] == ids[:2]
+        assert [i.id for i in inbound.claim(session, now=T0, limit=4, max_bytes=50)] == ids[2:3]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_claim_takes_new_items_in_order_without_sorting_the_backlog_on_sqlite(
+    db: Database,
+) -> None:
+    for n in range(20):
+        _store(db, ref=f"<{n}@x>")
+    queries: list[tuple[str, Any]] = []
+
+    def seen(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        # The query for new items; items due again are few, whatever the backlog.
+        if "WHERE inbound.state = ? AND inbound.next_attempt_at IS NULL" in statement:
+            queries.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        with db.transaction() as session:
+            inbound.claim(session, now=T0, limit=4, channels=("smtp", "imap"))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    ((statement, parameters),) = queries
+    with db.engine.connect() as connection:
+        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+    details = [row[-1] for row in plan]
+    assert details == [
+        "SEARCH inbound USING INDEX ix_inbound_claim (state=? AND next_attempt_at=?)"
+    ]
+
+
+def test_a_batch_of_call_events_is_stored_once_each_with_its_bytes(db: Database) -> None:
+    def row(ref: str, raw: bytes) -> dict[str, Any]:
+        return {
+            "source": "telephony:generic",
+            "source_ref": ref,
+            "raw": raw,
+            "size": len(raw),
+            "received_at": T0,
+            "state": InboundState.PENDING,
+            "attempts": 0,
+        }
+
+    with db.transaction() as session:
+        assert calls.store(session, [row("a", b"first"), row("b", b"second")]) == {
+            ("telephony:generic", "a"),
+            ("telephony:generic", "b"),
+        }
+    with db.transaction() as session:
+        new = calls.store(session, [row("b", b"again"), row("c", b"third"), row("c", b"dup")])
+        assert new == {("telephony:generic", "c")}
+    with db.transaction() as session:
+        claimed = inbound.claim(session, now=T0, limit=10, sources=["telephony:generic"])
+        raws = inbound.raw_of(session, [item.id for item in claimed])
+    assert [raws[item.id] for item in claimed] == [b"first", b"second", b"third"]
+
+
+def test_raw_bytes_selected_alone_are_each_items_own(db: Database) -> None:
+    for n in range(3):
+        _store(db, ref=f"<{n}@x>", raw=f"mail {n}".encode())
+    with db.transaction() as session:
+        raws = session.scalars(select(InboundItem.raw).order_by(InboundItem.id)).all()
+    assert raws == [b"mail 0", b"mail 1", b"mail 2"]
