@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import smtplib
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from aiosmtpd.smtp import SMTP
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
 from intake.desk import Desk
 from intake.pipeline import Pipeline
-from intake.sources.smtp import ListenerConfig, SmtpListener, _DataReceiver, _read_data
+from intake.sources import smtp
+from intake.sources.smtp import (
+    ListenerConfig,
+    ReceivedMail,
+    SmtpListener,
+    _DataReceiver,
+    _read_data,
+    _Smtp,
+    store_mails,
+)
+from storage import inbound
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import InboundItem, InboundState, Ticket
@@ -30,9 +43,9 @@ SUPPORT = "support@omnivox.example"
 
 
 @asynccontextmanager
-async def serving(
+async def listening(
     db: Database, stored: asyncio.Event | None = None, **options: object
-) -> AsyncIterator[tuple[str, int]]:
+) -> AsyncIterator[SmtpListener]:
     config = ListenerConfig(**{"host": "127.0.0.1", "port": 0, **options})  # type: ignore[arg-type]
     listener = SmtpListener(db, config, stored)
     stopping = asyncio.Event()
@@ -41,12 +54,20 @@ async def serving(
     await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()
-    assert listener.address is not None
     try:
-        yield listener.address
+        yield listener
     finally:
         stopping.set()
         await task
+
+
+@asynccontextmanager
+async def serving(
+    db: Database, stored: asyncio.Event | None = None, **options: object
+) -> AsyncIterator[tuple[str, int]]:
+    async with listening(db, stored, **options) as listener:
+        assert listener.address is not None
+        yield listener.address
 
 
 def send(
@@ -156,6 +177,174 @@ async def test_duplicate_delivery_makes_one_item_and_one_ticket(
     with db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Ticket)) == 1
     assert [i.state for i in items(db)] == [InboundState.DONE]
+
+
+def deliver(address: tuple[str, int], raw: bytes) -> tuple[int, bytes]:
+    """One mail in a session of its own; the reply to its data."""
+    with smtplib.SMTP(*address, timeout=30) as client:
+        client.ehlo()
+        client.mail(SENDER)
+        client.rcpt(SUPPORT)
+        return client.data(raw)
+
+
+async def test_concurrent_clients_have_each_mail_stored_once_before_its_250(
+    db: Database,
+) -> None:
+    mails = {
+        f"<m{n}@acme.example>": mail_bytes(subject=f"Mail {n}", message_id=f"<m{n}@acme.example>")
+        for n in range(16)
+    }
+    async with serving(db) as address:
+        replies = await asyncio.gather(
+            *(asyncio.to_thread(deliver, address, raw) for raw in mails.values())
+        )
+        stored = {item.id: item for item in items(db)}
+    assert all(code == 250 for code, _ in replies)
+    # Each 250 names the row that holds its own mail.
+    for raw, (_, message) in zip(mails.values(), replies, strict=True):
+        queued_as = int(message.rsplit(b" ", 1)[1])
+        assert stored[queued_as].raw == raw
+    assert sorted(item.source_ref for item in stored.values()) == sorted(mails)
+
+
+async def test_mails_from_several_sessions_at_once_are_all_stored_once(db: Database) -> None:
+    sessions, per_session = 4, 5
+    mails = [
+        [mail_bytes(subject=f"Session {s}, mail {m}") for m in range(per_session)]
+        for s in range(sessions)
+    ]
+
+    def one_session(address: tuple[str, int], raws: list[bytes]) -> None:
+        with smtplib.SMTP(*address, timeout=30) as client:
+            for raw in raws:
+                assert client.sendmail(SENDER, [SUPPORT], raw) == {}
+
+    async with serving(db) as address:
+        await asyncio.gather(*(asyncio.to_thread(one_session, address, raws) for raws in mails))
+    assert sorted(item.raw for item in items(db)) == sorted(raw for raws in mails for raw in raws)
+
+
+BAD = "<bad@acme.example>"
+
+
+@contextmanager
+def refusing(db: Database, source_ref: str) -> Iterator[None]:
+    """The database refuses to store the mail of ``source_ref``, as a broken row would fail."""
+    if db.dialect == "sqlite":
+        create = [
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON inbound "
+            f"WHEN NEW.source_ref = '{source_ref}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        ]
+        drop = ["DROP TRIGGER refuse_one"]
+    else:
+        create = [
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.source_ref = '{source_ref}' THEN RAISE EXCEPTION 'refused by the test'; "
+            "END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON inbound "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_one()",
+        ]
+        drop = ["DROP TRIGGER refuse_one ON inbound", "DROP FUNCTION refuse_one()"]
+    with db.engine.begin() as connection:
+        for statement in create:
+            connection.execute(text(statement))
+    try:
+        yield
+    finally:
+        with db.engine.begin() as connection:
+            for statement in drop:
+                connection.execute(text(statement))
+
+
+@contextmanager
+def storage_held(db: Database) -> Iterator[None]:
+    """Another writer holds the inbound table: the listener's writes wait for it."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        # On SQLite, the transaction holds the daemon's writer lock; on PostgreSQL, the
+        # table lock holds every insert.
+        with db.transaction() as session:
+            if db.dialect == "postgresql":
+                session.execute(text("LOCK TABLE inbound IN EXCLUSIVE MODE"))
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+async def test_a_mail_that_cannot_be_stored_is_answered_451_and_its_batch_still_250(
+    db: Database, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, bad, last = (
+        mail_bytes(subject=name, message_id=ref)
+        for name, ref in (
+            ("First", "<first@acme.example>"),
+            ("Bad", BAD),
+            ("Last", "<last@acme.example>"),
+        )
+    )
+    writing = threading.Event()
+
+    def store(db: Database, mails: list[ReceivedMail]) -> list[inbound.Stored]:
+        writing.set()
+        return store_mails(db, mails)
+
+    monkeypatch.setattr(smtp, "store_mails", store)
+    handed = asyncio.Condition()
+    with refusing(db, BAD):
+        async with listening(db) as listener:
+            assert listener.address is not None
+            assert listener.writer is not None
+            writer = listener.writer
+            write = writer.write
+
+            async def counted(mail: ReceivedMail) -> inbound.Stored:
+                async with handed:
+                    handed.notify_all()
+                return await write(mail)
+
+            monkeypatch.setattr(writer, "write", counted)
+            with storage_held(db):
+                sent = [asyncio.create_task(asyncio.to_thread(deliver, listener.address, first))]
+                # The first mail's transaction waits for the holder; the next two come
+                # meanwhile, and share the transaction after it.
+                await asyncio.to_thread(writing.wait)
+                async with handed:
+                    sent += [
+                        asyncio.create_task(asyncio.to_thread(deliver, listener.address, raw))
+                        for raw in (bad, last)
+                    ]
+                    await handed.wait_for(lambda: writer.waiting == 3)
+                assert not any(task.done() for task in sent)
+            replies = await asyncio.gather(*sent)
+        stored = items(db)
+    assert [code for code, _ in replies] == [250, 451, 250]
+    assert replies[1][1].startswith(b"4.3.0")
+    assert [item.raw for item in stored] == [first, last]
+    assert "a transaction of 2 items failed" in caplog.text
+
+
+async def test_storage_down_answers_every_concurrent_mail_451(tmp_path: Path) -> None:
+    db = Database.from_url(make_url(f"sqlite:///{tmp_path / 'down.sqlite3'}"))
+    raws = [mail_bytes(subject=f"Mail {n}") for n in range(4)]
+    try:
+        async with serving(db) as address:
+            replies = await asyncio.gather(
+                *(asyncio.to_thread(deliver, address, raw) for raw in raws)
+            )
+    finally:
+        db.dispose()
+    assert [code for code, _ in replies] == [451] * len(raws)
 
 
 class _Registered(logging.Handler):
@@ -487,3 +676,61 @@ async def test_reader_measures_lines_across_blocks() -> None:
             reader.feed_data(wire[cut:])
             await reading
             assert receiver.problem == problem, (len(line), cut)
+
+
+# MAIL FROM and RCPT TO: plain addresses are read without the email package's parser, with
+# the same outcome as aiosmtpd's reading (the address, the parameters, or None for a reply
+# of 553), whatever the argument.
+
+_ADDRESS_CASES = [
+    "<anna@acme.example>",
+    "<Anna.Berg+tickets@Mail.ACME.example> SIZE=43000 BODY=8BITMIME",
+    "<anna@acme.example>\tSMTPUTF8",
+    "<anna@acme.example>  SIZE=1  BODY=7BIT",
+    "<anna@acme.example> (a comment) SIZE=1",
+    "<anna@acme.example>SIZE=1",
+    "<anna@acme.example> \xa0SIZE=1",
+    "<anna@acme.example> )",
+    "<>",
+    "<anna@[192.0.2.1]>",
+    '<"anna berg"@acme.example>',
+    "<anna..berg@acme.example>",
+    "<.anna@acme.example>",
+    "<anna@acme.example.>",
+    "<anna@acme_example>",
+    "<=?utf-8?q?anna?=@acme.example>",
+    "<анна@пример.example>",
+    "<@relay.example:anna@acme.example>",
+    "<anna@acme.example",
+    "<anna>",
+    "anna@acme.example",
+    "<anna@acme.example>>",
+    "<a@b>",
+    "",
+]
+
+
+def _random_addresses(count: int) -> list[str]:
+    rnd = random.Random(20240611)
+    locals_ = ["anna", "B", "x.y", ".", "..", "-", "+tag", "=?", "?=", "é", '"q"', "(c)", " ", "'"]
+    domains = ["acme", ".", "example", "-", "x1", "é", "[192.0.2.1]", "_", ""]
+    params = ["", " SIZE=100", " BODY=8BITMIME", "\tSMTPUTF8", " (x) SIZE=1", "X", " )", " a(b)"]
+    return [
+        "<"
+        + "".join(rnd.choices(locals_, k=rnd.randint(1, 3)))
+        + "@"
+        + "".join(rnd.choices(domains, k=rnd.randint(1, 3)))
+        + ">"
+        + rnd.choice(params)
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("local_part_limit", [0, 4])
+def test_addresses_are_read_as_aiosmtpd_reads_them(local_part_limit: int) -> None:
+    ours, theirs = _Smtp(object()), SMTP(object())
+    ours.local_part_limit = theirs.local_part_limit = local_part_limit
+    for argument in _ADDRESS_CASES + _random_addresses(5000):
+        assert ours._getaddr(argument) == theirs._getaddr(argument), argument
+    # The cases include plain addresses, which the fast path reads.
+    assert ours._getaddr("<anna@acme.example> SIZE=1") == ("anna@acme.example", "SIZE=1")
