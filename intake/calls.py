@@ -16,7 +16,7 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,8 +27,8 @@ from intake.directory import add_customer
 from intake.sources.telephony.model import CallEvent, EventKind, e164
 from storage import calls as stored
 from storage import inbound
-from storage.calls import INBOUND, Claimed
 from storage.db import Database
+from storage.inbound import Claimed
 from storage.models import (
     Base,
     CallDirection,
@@ -38,7 +38,6 @@ from storage.models import (
     Customer,
     InboundState,
     Priority,
-    Ticket,
     utcnow,
 )
 
@@ -142,12 +141,6 @@ _CREATE_CALLS = {
     .returning(CALLS.c.id, CALLS.c.provider, CALLS.c.call_id)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
-_STORE = {
-    name: dialect.insert(INBOUND)
-    .on_conflict_do_nothing(index_elements=["source", "source_ref"])
-    .returning(INBOUND.c.source, INBOUND.c.source_ref)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
 CONTACTS = Base.metadata.tables["contacts"]
 _CONTACTS_BY_PHONE = (
     select(CONTACTS.c.phone, CONTACTS.c.id, CONTACTS.c.customer_id)
@@ -165,6 +158,19 @@ _ADD_CONTACT = (
     .values(customer_id=bindparam("customer_id"), phone=bindparam("phone"), name="")
     .returning(CONTACTS.c.id)
 )
+TICKETS = Base.metadata.tables["tickets"]
+# The caller's open ticket that changed last.
+_OPEN_TICKET = (
+    select(TICKETS.c.id, TICKETS.c.number)
+    .where(
+        TICKETS.c.contact_id == bindparam("contact_id"),
+        TICKETS.c.status.in_(sorted(OPEN_STATUSES)),
+    )
+    .order_by(TICKETS.c.updated_at.desc(), TICKETS.c.id.desc())
+    .limit(1)
+)
+_INSERT_JOURNAL = insert(Base.metadata.tables["journal"])
+_INSERT_OUTBOX = insert(Base.metadata.tables["outbox"])
 
 
 def advance(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | None:
@@ -291,11 +297,9 @@ class CallRecorder:
             for r in batch
         ]
         with self.db.transaction() as session:
-            # What inbound.store() does for one item, as one statement for the batch:
-            # building a statement per webhook costs more than its share of the commit.
-            connection = session.connection()
-            stmt = _STORE[connection.dialect.name]
-            new = {(row.source, row.source_ref) for row in connection.execute(stmt, rows)}
+            # What inbound.store() does for one item, in two statements for the batch:
+            # building statements per webhook costs more than its share of the commit.
+            new = stored.store(session, rows)
         results = []
         for received in batch:
             key = (source_name(received.provider), received.source_ref)
@@ -311,14 +315,30 @@ class CallRecorder:
 
         The calls of the whole batch are read and locked at once and written back at once;
         only an event the desk must hear of (a missed call, a call or recording of a caller
-        with an open ticket) goes through the desk, in a savepoint of its item."""
+        with an open ticket) goes through the desk. The batch is first tried whole, in one
+        savepoint; should any item fail, it is undone and tried again with a savepoint per
+        item that tells the desk, so that the failing item is undone alone."""
+        try:
+            with session.begin_nested():
+                self._act(session, work, guarded=False)
+            return
+        except Exception as error:
+            log.warning(
+                "telephony: a batch of %d call events failed (%s: %s); acting on each on its own",
+                len(work),
+                type(error).__name__,
+                error,
+            )
+        self._act(session, work, guarded=True)
+
+    def _act(self, session: Session, work: Sequence[Work], *, guarded: bool) -> None:
+        """The batch's work; unguarded, an item's failure fails the batch."""
         now = utcnow()
         records, created = self._lock_calls(
             session, [event for w in work if w.ignored is None for event in w.events], now
         )
-        callers = _Callers(session, self)
+        desk = _DeskWork(session, self)
         changed: set[tuple[str, str]] = set()
-        # Marked after the desk's work, whose flushes then need not carry the marks too.
         finished: list[tuple[int, int | None]] = []
         set_aside: list[tuple[int, str]] = []
         for item, events, ignored in work:
@@ -326,13 +346,15 @@ class CallRecorder:
                 set_aside.append((item.id, ignored))
                 continue
             keys = {(event.provider, event.call_id) for event in events}
-            before = {key: replace(records[key]) for key in keys}
+            before = {key: replace(records[key]) for key in keys} if guarded else None
             try:
-                ticket_id = self._apply(session, records, callers, events, now)
+                ticket_id = self._apply(desk, records, events, now, guarded=guarded)
             except Exception as error:
+                if before is None:
+                    raise
                 records.update(before)
                 # What it looked up or added was in its savepoint, now rolled back.
-                callers.forget()
+                desk.forget()
                 label = events[0].label if events else f"{item.source}:{item.source_ref}"
                 log.exception("%s: call event not processed; kept as inbound %d", label, item.id)
                 inbound.failed(
@@ -344,6 +366,7 @@ class CallRecorder:
                 continue
             changed |= keys
             finished.append((item.id, ticket_id))
+        desk.write()
         stored.ignored(session, set_aside)
         stored.done(session, finished)
         if changed:
@@ -364,27 +387,33 @@ class CallRecorder:
 
     def _apply(
         self,
-        session: Session,
+        desk: _DeskWork,
         records: Mapping[tuple[str, str], CallRecord],
-        callers: _Callers,
         events: Sequence[CallEvent],
         now: dt.datetime,
+        *,
+        guarded: bool,
     ) -> int | None:
-        """One item's events; the first ticket the desk touched, if any."""
-        ticket_ids: list[int | None] = []
-        with ExitStack() as desk_work:
-            savepoint = False
+        """One item's events; the first ticket the desk touched, if any. Guarded, what the
+        desk does is in a savepoint of the item's own, so that a failing item is undone alone."""
+        ticket_id = None
+        told = False
+        with ExitStack() as savepoint:
             for event in events:
                 record = records[event.provider, event.call_id]
                 follow_up = advance(record, event, now)
                 if follow_up is None:
                     continue
-                if not savepoint:
-                    # The desk's work of a failing item is rolled back; the batch goes on.
-                    desk_work.enter_context(session.begin_nested())
-                    savepoint = True
-                ticket_ids.append(self._tell_desk(session, callers, record, follow_up))
-        return next((t for t in ticket_ids if t), None)
+                if guarded and not told:
+                    savepoint.enter_context(desk.session.begin_nested())
+                told = True
+                touched = desk.tell(record, follow_up)
+                if ticket_id is None:
+                    ticket_id = touched
+            if guarded and told:
+                # Within the savepoint: an item whose rows cannot be written fails alone.
+                desk.write()
+        return ticket_id
 
     def _lock_calls(
         self, session: Session, events: Sequence[CallEvent], now: dt.datetime
@@ -456,89 +485,116 @@ class CallRecorder:
             records.update({(row.provider, row.call_id): CallRecord(*row) for row in rows})
         return records
 
-    # the desk ------------------------------------------------------------------------------
-
-    def _tell_desk(
-        self, session: Session, callers: _Callers, record: CallRecord, follow_up: FollowUp
-    ) -> int | None:
-        if follow_up is FollowUp.RECORDING:
-            ticket = session.get_one(Ticket, record.ticket_id)
-            self.desk.journal(session, ticket, ACTOR, follow_up.value, **_details(record))
-            return ticket.id
-        if follow_up is FollowUp.ANSWERED:
-            return self._answered(session, callers, record)
-        return self._missed(session, callers, record)
-
-    def _answered(self, session: Session, callers: _Callers, record: CallRecord) -> int | None:
-        ticket = callers.open_ticket(record.contact_id)
-        if ticket is None:
-            log.info("%s: answered; waits for the operator's log", record.label)
-            return None
-        record.ticket_id = ticket.id
-        self.desk.journal(session, ticket, ACTOR, "call_answered", **_details(record))
-        log.info("%s: answered call %s journaled", ticket.number, record.label)
-        return ticket.id
-
-    def _missed(self, session: Session, callers: _Callers, record: CallRecord) -> int:
-        contact = callers.contact(record)
-        ticket = callers.open_ticket(contact.id if contact else None)
-        if ticket is not None:
-            record.ticket_id = ticket.id
-            self.desk.journal(session, ticket, ACTOR, "missed_call", **_details(record))
-            self.desk._notify_staff(
-                session, ticket, "follow_up", message=f"Missed call from {record.from_number}"
-            )
-            log.info("%s: missed call %s journaled", ticket.number, record.label)
-            return ticket.id
-        ticket = self.desk.register(
-            session,
-            NewRequest(
-                subject=f"Missed call from {record.from_number}",
-                channel=Channel.PHONE,
-                customer_id=contact.customer_id if contact else callers.unassigned(),
-                contact_id=contact.id if contact else None,
-                description=_describe(record),
-                priority=self.policy.priority_for(record.provider),
-                author=record.from_number,
-            ),
-            actor=ACTOR,
-        )
-        if contact is not None:
-            callers.ticketed(contact.id)
-        record.ticket_id = ticket.id
-        self.desk.journal(session, ticket, SYSTEM_ACTOR, "missed_call", **_details(record))
-        log.info("%s: registered for missed call %s", ticket.number, record.label)
-        return ticket.id
-
 
 class _Caller(NamedTuple):
     id: int
     customer_id: int
 
 
-class _Callers:
-    """The contacts a batch's missed calls are from, looked up or added once per batch."""
+class _OpenTicket(NamedTuple):
+    id: int
+    number: str
+
+
+class _DeskWork:
+    """What a batch's calls tell the desk: the contacts its missed calls are from, looked
+    up or added once per batch, and its journal and outbox rows, written together
+    (:meth:`write`) rather than as ORM objects flushed per item."""
 
     def __init__(self, session: Session, recorder: CallRecorder) -> None:
         self.session = session
+        self.connection = session.connection()
         self.recorder = recorder
+        self.desk = recorder.desk
         self.forget()
 
     def forget(self) -> None:
+        """Drop what was looked up, added or queued since the last write (rolled back)."""
         self.by_phone: dict[str, _Caller] = {}
         self.by_id: dict[int, _Caller] = {}
         # Contacts this batch added and registered nothing for yet: no open ticket to look for.
         self.fresh: set[int] = set()
         self.unassigned_id: int | None = None
+        self.journal: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+
+    def write(self) -> None:
+        if self.journal:
+            self.connection.execute(_INSERT_JOURNAL, self.journal)
+            self.journal = []
+        if self.outbox:
+            self.connection.execute(_INSERT_OUTBOX, self.outbox)
+            self.outbox = []
+
+    def tell(self, record: CallRecord, follow_up: FollowUp) -> int | None:
+        """Tell the desk of ``follow_up``; the ticket it touched, if any."""
+        if follow_up is FollowUp.RECORDING:
+            # Only a call with a ticket has its recording told (advance).
+            ticket_id = record.ticket_id
+            if ticket_id is not None:
+                self._journal(ticket_id, ACTOR, follow_up, record)
+            return ticket_id
+        if follow_up is FollowUp.ANSWERED:
+            return self._answered(record)
+        return self._missed(record)
+
+    def _journal(self, ticket_id: int, actor: str, follow_up: FollowUp, record: CallRecord) -> None:
+        self.journal.append(
+            self.desk._journal_row(ticket_id, actor, follow_up.value, **_details(record))
+        )
+
+    def _answered(self, record: CallRecord) -> int | None:
+        ticket = self.open_ticket(record.contact_id)
+        if ticket is None:
+            log.info("%s: answered; waits for the operator's log", record.label)
+            return None
+        record.ticket_id = ticket.id
+        self._journal(ticket.id, ACTOR, FollowUp.ANSWERED, record)
+        log.info("%s: answered call %s journaled", ticket.number, record.label)
+        return ticket.id
+
+    def _missed(self, record: CallRecord) -> int:
+        contact = self.contact(record)
+        ticket = self.open_ticket(contact.id if contact else None)
+        if ticket is not None:
+            record.ticket_id = ticket.id
+            self._journal(ticket.id, ACTOR, FollowUp.MISSED, record)
+            self.outbox += [
+                {"ticket_id": ticket.id, **row}
+                for row in self.desk._staff_rows(
+                    ticket.number, "follow_up", message=f"Missed call from {record.from_number}"
+                )
+            ]
+            log.info("%s: missed call %s journaled", ticket.number, record.label)
+            return ticket.id
+        policy = self.recorder.policy
+        registration = self.desk.register_request(
+            self.session,
+            NewRequest(
+                subject=f"Missed call from {record.from_number}",
+                channel=Channel.PHONE,
+                customer_id=contact.customer_id if contact else self.unassigned(),
+                contact_id=contact.id if contact else None,
+                description=_describe(record),
+                priority=policy.priority_for(record.provider),
+                author=record.from_number,
+            ),
+            actor=ACTOR,
+        )
+        if contact is not None:
+            self.fresh.discard(contact.id)
+        record.ticket_id = registration.ticket_id
+        self._journal(registration.ticket_id, SYSTEM_ACTOR, FollowUp.MISSED, record)
+        log.info("%s: registered for missed call %s", registration.number, record.label)
+        return registration.ticket_id
 
     def unassigned(self) -> int:
+        name = self.recorder.policy.unassigned_customer
         if self.unassigned_id is None:
-            name = self.recorder.policy.unassigned_customer
-            found = self.session.connection().execute(_CUSTOMER_BY_NAME, {"name": name})
+            found = self.connection.execute(_CUSTOMER_BY_NAME, {"name": name})
             self.unassigned_id = found.scalar_one_or_none()
         if self.unassigned_id is None:
-            customer = unassigned_customer(self.session, self.recorder.desk, name)
-            self.unassigned_id = customer.id
+            self.unassigned_id = unassigned_customer(self.session, self.desk, name).id
         return self.unassigned_id
 
     def contact(self, record: CallRecord) -> _Caller | None:
@@ -546,9 +602,7 @@ class _Callers:
         if record.contact_id is not None:
             known = self.by_id.get(record.contact_id)
             if known is None:
-                row = self.session.connection().execute(
-                    _CONTACT_BY_ID, {"contact_id": record.contact_id}
-                )
+                row = self.connection.execute(_CONTACT_BY_ID, {"contact_id": record.contact_id})
                 known = self._keep(*row.one())
             return known
         phone = e164(record.from_number, self.recorder.policy.default_region)
@@ -557,17 +611,14 @@ class _Callers:
         known = self.by_phone.get(phone)
         if known is None:
             # Perhaps added since the call was first heard of, by another call's event.
-            row = self.session.connection().execute(_CONTACTS_BY_PHONE, {"phones": [phone]})
-            found = row.first()
+            found = self.connection.execute(_CONTACTS_BY_PHONE, {"phones": [phone]}).first()
             if found is not None:
                 known = self._keep(*found)
             else:
                 customer_id = self.unassigned()
-                contact_id = (
-                    self.session.connection()
-                    .execute(_ADD_CONTACT, {"customer_id": customer_id, "phone": phone})
-                    .scalar_one()
-                )
+                contact_id = self.connection.execute(
+                    _ADD_CONTACT, {"customer_id": customer_id, "phone": phone}
+                ).scalar_one()
                 known = self._keep(phone, contact_id, customer_id)
                 self.fresh.add(contact_id)
         record.contact_id = known.id
@@ -580,18 +631,12 @@ class _Callers:
             self.by_phone[phone] = caller
         return caller
 
-    def ticketed(self, contact_id: int) -> None:
-        self.fresh.discard(contact_id)
-
-    def open_ticket(self, contact_id: int | None) -> Ticket | None:
+    def open_ticket(self, contact_id: int | None) -> _OpenTicket | None:
+        """The caller's open ticket that changed last, if any."""
         if contact_id is None or contact_id in self.fresh:
             return None
-        return self.session.scalars(
-            select(Ticket)
-            .where(Ticket.contact_id == contact_id, Ticket.status.in_(OPEN_STATUSES))
-            .order_by(Ticket.updated_at.desc(), Ticket.id.desc())
-            .limit(1)
-        ).first()
+        found = self.connection.execute(_OPEN_TICKET, {"contact_id": contact_id}).first()
+        return None if found is None else _OpenTicket(*found)
 
 
 def _details(record: CallRecord) -> dict[str, object]:

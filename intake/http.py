@@ -21,6 +21,7 @@ from aiohttp import web
 from intake.calls import CallPolicy, CallRecorder, Received
 from intake.config import Settings, TelephonyProviderSettings
 from intake.desk import Desk, DeskError
+from intake.groupcommit import GroupCommit
 from intake.openapi import openapi_document
 from intake.operators import CallLogError, log_call, parse_call_log
 from intake.services import Service, cannot_listen
@@ -30,6 +31,7 @@ from intake.sources.telephony.base import (
     WebhookError,
     WebhookRequest,
     equal,
+    refuse_nul,
 )
 from intake.sources.telephony.registry import build_adapters
 from intake.sources.telephony.worker import CallEventWorker
@@ -94,47 +96,28 @@ DOCUMENT = web.AppKey("document", bytes)
 
 
 class EventWriter:
-    """Group commit: webhooks that arrive while a transaction is being written wait for
-    the next one and share its commit. Each caller still answers only after the commit
-    that holds its request; the worker is woken to act on the events."""
+    """Group commit (:class:`GroupCommit`): webhooks that arrive while a transaction is
+    being written wait for the next one and share its commit. Each caller still answers
+    only after the commit that holds its request; the worker is woken to act on the
+    events. A request that fails its batch is written again alone, so one bad request
+    does not fail the others."""
 
     MAX_BATCH = 256
 
     def __init__(
         self, recorder: CallRecorder, executor: ThreadPoolExecutor, worker: CallEventWorker
     ) -> None:
-        self.recorder = recorder
-        self.executor = executor
-        self.worker = worker
-        self.pending: list[tuple[Received, asyncio.Future[bool]]] = []
-        self.draining: asyncio.Task[None] | None = None
+        self.writer = GroupCommit(
+            "webhooks",
+            recorder.store,
+            executor,
+            max_batch=self.MAX_BATCH,
+            committed=worker.notify,
+        )
 
     async def write(self, item: Received) -> bool:
         """Keep ``item``; False when it was a duplicate delivery."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.pending.append((item, future))
-        if self.draining is None:
-            self.draining = asyncio.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.pending:
-                batch = self.pending[: self.MAX_BATCH]
-                del self.pending[: self.MAX_BATCH]
-                items = [item for item, _ in batch]
-                try:
-                    results = await loop.run_in_executor(self.executor, self.recorder.store, items)
-                except Exception as error:
-                    for _, future in batch:
-                        future.set_exception(error)
-                else:
-                    for (_, future), result in zip(batch, results, strict=True):
-                        future.set_result(result)
-                    self.worker.notify()
-        finally:
-            self.draining = None
+        return await self.writer.write(item)
 
 
 WRITER = web.AppKey("writer", EventWriter)
@@ -154,6 +137,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping)) if app[PROCESS_EVENTS] else None
     yield
+    # Requests still being written are answered before their storage thread goes.
+    await app[WRITER].writer.idle()
     stopping.set()
     if task is not None:
         await task
@@ -190,17 +175,19 @@ def webhook_handler(
         body = await request.read()
         resource = request.match_info.route.resource
         received = WebhookRequest(
-            method=request.method,
-            url=str(request.url),
-            route=resource.canonical if resource else request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            body=body,
-            match_info=dict(request.match_info),
+            request.method,
+            # Only an adapter that signs the URL (Twilio) has it built.
+            lambda: str(request.url),
+            resource.canonical if resource else request.path,
+            request.query,
+            request.headers,
+            body,
+            request.match_info,
         )
         try:
             adapter.verify(received, time.time())
             normalised = adapter.normalise(received)
+            refuse_nul(normalised)
         except WebhookError as error:
             # The path is not logged: the generic CTI's carries its token.
             log.warning("%s: refused a request: %s", adapter.name, error.reason)

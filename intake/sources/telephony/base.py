@@ -11,10 +11,12 @@ import email.parser
 import email.policy
 import hmac
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlencode
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from intake.sources.telephony.model import CallEvent
 
@@ -64,59 +66,128 @@ class Normalised:
     ignored: str | None = None
 
 
-@dataclass(frozen=True)
+_EVENT_TEXT = tuple(
+    name for name, kind in CallEvent.__annotations__.items() if kind in ("str", "str | None")
+)
+
+
+def refuse_nul(normalised: Normalised) -> None:
+    """Invalid (422) when what would be kept or acted on holds a NUL character.
+
+    PostgreSQL's text cannot hold one: stored, the event would fail in the worker on
+    every attempt and end quarantined; refused, the sender is told which field."""
+    for event in normalised.events:
+        for name in _EVENT_TEXT:
+            value = getattr(event, name)
+            if value is not None and "\x00" in value:
+                raise Invalid(f"{name} must not contain NUL characters")
+    if normalised.source_ref is not None and "\x00" in normalised.source_ref:
+        raise Invalid("the event's identity must not contain NUL characters")
+
+
+_UNREAD: Any = object()
+
+
 class WebhookRequest:
-    method: str
-    # The URL as the provider addressed it (after any configured public base URL).
-    url: str
-    route: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    body: bytes
-    match_info: Mapping[str, str] = field(default_factory=dict)
+    """A received request as an adapter sees it.
+
+    What only some adapters need is worked out when first asked for: the URL as addressed
+    (Twilio signs it), and the body as a form or as JSON, parsed once for ``verify`` and
+    ``normalise`` alike. Headers are looked up regardless of case."""
+
+    __slots__ = ("_parsed", "_url", "body", "headers", "match_info", "method", "query", "route")
+
+    def __init__(
+        self,
+        method: str,
+        # The URL as the provider addressed it (after any configured public base URL), or
+        # how to make it.
+        url: str | Callable[[], str],
+        route: str,
+        query: Mapping[str, str],
+        headers: CIMultiDictProxy[str] | CIMultiDict[str],
+        body: bytes,
+        match_info: Mapping[str, str] | None = None,
+    ) -> None:
+        self.method = method
+        self.route = route
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.match_info: Mapping[str, str] = match_info or {}
+        self._url = url
+        self._parsed: Any = _UNREAD
+
+    @property
+    def url(self) -> str:
+        if not isinstance(self._url, str):
+            self._url = self._url()
+        return self._url
 
     @property
     def content_type(self) -> str:
         return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+        return self.headers.get(name)
 
     def form(self) -> list[tuple[str, str]]:
         """The fields of a urlencoded or multipart body, in order; Invalid otherwise."""
+        if self._parsed is _UNREAD:
+            self._parsed = self._form()
+        if not isinstance(self._parsed, _Form):
+            raise Invalid("the body is not a form (application/x-www-form-urlencoded)")
+        return list(self._parsed.fields)
+
+    def _form(self) -> _Form:
         if self.content_type == "multipart/form-data":
-            return _multipart_fields(self.header("Content-Type") or "", self.body)
+            return _Form(_multipart_fields(self.header("Content-Type") or "", self.body))
         try:
             text = self.body.decode("utf-8")
-            return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+            return _Form(parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text)))
         except (UnicodeDecodeError, ValueError):
             raise Invalid("the body is not a form (application/x-www-form-urlencoded)") from None
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except (UnicodeDecodeError, ValueError):
-            raise Invalid("the body is not JSON") from None
+        if self._parsed is _UNREAD:
+            try:
+                self._parsed = json.loads(self.body)
+            except (UnicodeDecodeError, ValueError):
+                raise Invalid("the body is not JSON") from None
+        if isinstance(self._parsed, _Form):
+            raise Invalid("the body is not JSON")
+        return self._parsed
 
     # The inbound store keeps the request as received, minus what authenticates it.
     _KEPT_OUT = frozenset({"authorization", "cookie"})
 
     def to_raw(self) -> bytes:
         # The route, not the URL: a generic CTI URL carries its token.
-        query = urlencode(list(self.query.items()))
-        head = [f"{self.method} {self.route}{'?' + query if query else ''}"]
-        head += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._KEPT_OUT]
-        return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + self.body
+        target = self.route
+        if self.query:
+            target += "?" + urlencode(list(self.query.items()))
+        lines = [f"{self.method} {target}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._KEPT_OUT]
+        lines += ("", "")
+        return "\r\n".join(lines).encode("utf-8") + self.body
 
     @classmethod
     def from_raw(cls, raw: bytes, *, route: str) -> WebhookRequest:
         head, _, body = raw.partition(b"\r\n\r\n")
         first, *lines = head.decode("utf-8").split("\r\n")
         method, _, target = first.partition(" ")
-        headers = dict(line.split(": ", 1) for line in lines)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines:
+            name, _, value = line.partition(": ")
+            headers.add(name, value)
         query = dict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
         return cls(method, target, route, query, headers, body)
+
+
+class _Form(NamedTuple):
+    """A body read as a form (as opposed to JSON, whose value may be any)."""
+
+    fields: list[tuple[str, str]]
 
 
 def _multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:

@@ -139,6 +139,8 @@ def _fields(request: WebhookRequest) -> dict[str, list[str]]:
 
 
 def _strings(key: str, value: Any) -> list[str]:
+    if type(value) is str:
+        return [value]
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
         raise Invalid(f"{key} must be a string or a list of strings")
@@ -146,9 +148,16 @@ def _strings(key: str, value: Any) -> list[str]:
 
 
 def _one(fields: Mapping[str, list[str]], key: str) -> str:
-    values = fields.get(key) or [""]
-    return values[0].strip()
+    values = fields.get(key)
+    return _text(key, values[0]) if values else ""
 
 
 def _many(fields: Mapping[str, list[str]], key: str) -> list[str]:
-    return [v.strip() for v in fields.get(key, [])]
+    return [_text(key, v) for v in fields.get(key, [])]
+
+
+def _text(key: str, value: str) -> str:
+    # PostgreSQL's text cannot hold NUL: refused now rather than failing in the worker.
+    if "\x00" in value:
+        raise Invalid(f"{key} must not contain NUL characters")
+    return value.strip()

@@ -18,8 +18,7 @@ from concurrent.futures import Executor
 
 from intake.calls import CallRecorder, Meaning, Work, source_name
 from intake.sources.telephony.base import TelephonyAdapter, WebhookError, WebhookRequest
-from storage import calls as stored
-from storage.calls import Claimed
+from storage import inbound
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +118,22 @@ class CallEventWorker:
     def _process(self, limit: int) -> int:
         read_ahead = self.recorder.read_ahead
         with self.recorder.db.transaction() as session:
-            items = stored.claim(session, limit=limit, sources=self.sources)
-            work = []
-            for item in items:
-                meaning = read_ahead.take(item.source, item.source_ref) or self._read(item)
-                work.append(Work(item, *meaning))
+            items = inbound.claim(session, limit=limit, sources=self.sources)
+            meanings = [read_ahead.take(item.source, item.source_ref) for item in items]
+            # Only the requests not read on arrival are loaded.
+            unread = [item.id for item, meaning in zip(items, meanings, strict=True) if not meaning]
+            raws = inbound.raw_of(session, unread)
+            work = [
+                Work(item, *(meaning or self._read(item.source, raws[item.id])))
+                for item, meaning in zip(items, meanings, strict=True)
+            ]
             self.recorder.process(session, work)
             return len(items)
 
-    def _read(self, item: Claimed) -> Meaning:
+    def _read(self, source: str, raw: bytes) -> Meaning:
         """What the kept request says, read again by its adapter."""
-        adapter = self.adapters[item.source]
-        request = WebhookRequest.from_raw(item.raw, route=_route(item.raw))
+        adapter = self.adapters[source]
+        request = WebhookRequest.from_raw(raw, route=_route(raw))
         try:
             normalised = adapter.normalise(request)
         except (WebhookError, ValueError) as error:

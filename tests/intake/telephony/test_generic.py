@@ -31,6 +31,7 @@ from storage.models import (
     InboundItem,
     InboundState,
     JournalEntry,
+    OutboxItem,
     Priority,
     Ticket,
 )
@@ -415,3 +416,94 @@ async def test_a_batch_whose_transaction_fails_is_taken_one_item_at_a_time(
     with db.transaction() as session:
         states = session.scalars(select(InboundItem.state))
         assert list(states) == [InboundState.DONE] * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"json": event("newCall", call_id="nul-\x00-1")}, "callId"),
+        ({"data": [*event("newCall", call_id="nul-2").items(), ("user[]", "an\x00na")]}, "user"),
+    ],
+    ids=["json callId", "form user[]"],
+)
+async def test_nul_in_a_text_field_is_422_naming_the_field_and_nothing_is_kept(
+    db: Database, make_client: ClientFactory, body: dict[str, Any], field: str
+) -> None:
+    client = await make_client()
+
+    response = await client.post(URL, **body)
+    await processed(client)
+
+    assert response.status == 422
+    assert await response.json() == {"error": f"{field} must not contain NUL characters"}
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(InboundItem)) == 0
+        assert session.scalar(select(func.count()).select_from(Call)) == 0
+
+
+async def test_answered_call_of_a_caller_with_an_open_ticket_is_journaled_on_it(
+    db: Database, make_client: ClientFactory, seed: Seed
+) -> None:
+    with db.transaction() as session:
+        session.get_one(Contact, seed.contact_id).phone = CALLER_E164
+    open_ticket = register(db, Desk(RULES), seed)
+    client = await make_client()
+
+    await post(client, event("newCall"))
+    await post(client, event("answer", user="anna"))
+    await post(client, event("hangup", cause="normalClearing"))
+
+    assert [t.number for t in tickets(db)] == [open_ticket.number]
+    assert the_call(db).ticket_id == open_ticket.id
+    with db.transaction() as session:
+        answered = session.scalars(
+            select(JournalEntry).where(
+                JournalEntry.ticket_id == open_ticket.id, JournalEntry.action == "call_answered"
+            )
+        ).one()
+    assert (answered.actor, answered.details["agent"]) == ("telephony", "anna")
+
+
+def staff_notes(db: Database, ticket_id: int) -> list[tuple[str, str, dict[str, Any]]]:
+    with db.transaction() as session:
+        rows = session.execute(
+            select(OutboxItem.template, OutboxItem.recipient, OutboxItem.payload)
+            .where(OutboxItem.ticket_id == ticket_id, OutboxItem.channel == "telegram")
+            .order_by(OutboxItem.id)
+        )
+        return [tuple(row) for row in rows]
+
+
+async def test_missed_calls_queue_the_staff_s_notifications(
+    db: Database, telephony_env: None, aiohttp_client: Any, seed: Seed
+) -> None:
+    desk = Desk(replace(RULES, staff_chats=(100,)))
+    with db.transaction() as session:
+        session.get_one(Contact, seed.contact_id).phone = "+79167654321"
+    open_ticket = register(db, desk, seed)
+    app = create_app(http_context(settings_with(), db, desk), process_events=False)
+    client = await aiohttp_client(app)
+    known = {"from": "+7 916 765-43-21"}
+
+    for body in (
+        event("newCall", call_id="s-1"),
+        event("hangup", call_id="s-1", cause="noAnswer"),
+        event("newCall", call_id="s-2", **known),
+        event("hangup", call_id="s-2", cause="noAnswer", **known),
+    ):
+        assert (await client.post(URL, json=body)).status == 200
+    await processed(client)
+
+    new_ticket = next(t for t in tickets(db) if t.id != open_ticket.id)
+    assert [(template, chat) for template, chat, _ in staff_notes(db, new_ticket.id)] == [
+        ("new_ticket", "100")
+    ]
+    (follow_up,) = [note for note in staff_notes(db, open_ticket.id) if note[0] == "follow_up"]
+    assert follow_up[1:] == (
+        "100",
+        {
+            "number": open_ticket.number,
+            "language": RULES.default_language,
+            "message": "Missed call from +79167654321",
+        },
+    )

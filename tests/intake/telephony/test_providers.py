@@ -17,7 +17,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from storage.db import Database
-from storage.models import Call, CallOutcome, CallState, Ticket
+from storage.models import Call, CallOutcome, CallState, InboundItem, JournalEntry, Ticket
 from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
 
 TWILIO_TOKEN = "twilio-auth-token-0123"
@@ -94,6 +94,30 @@ async def test_twilio_callback_signed_by_twilio_s_validator_is_accepted_behind_a
         "no-answer",
     )
     assert subjects(db) == ["Missed call from +79161234567"]
+
+
+async def test_a_signed_event_with_a_nul_in_a_field_is_refused_naming_it_and_not_kept(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # Authentic, but PostgreSQL's text cannot hold NUL: kept, it would fail in the worker
+    # on every attempt; refused, the provider's log names the field.
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    validator = RequestValidator(TWILIO_TOKEN)
+    for field, params in [
+        ("from_number", twilio_params("ringing", 0, From="+7916\x001234567")),
+        ("call_id", twilio_params("ringing", 0, CallSid="CA01\x0023")),
+    ]:
+        headers = {"X-Twilio-Signature": validator.compute_signature(PUBLIC + TWILIO_PATH, params)}
+        response = await client.post(TWILIO_PATH, data=params, headers=headers)
+        assert response.status == 422
+        assert field in (await response.json())["error"]
+    await processed(client)
+    with db.transaction() as session:
+        assert session.scalars(select(Call)).all() == []
+        assert session.scalars(select(InboundItem)).all() == []
 
 
 # --- Telnyx -----------------------------------------------------------------------------------
@@ -275,3 +299,50 @@ async def test_mango_events_in_seq_order_and_summary_make_a_missed_call_ticket(
     assert (call.state, call.outcome, call.cause) == (CallState.ENDED, CallOutcome.MISSED, "1110")
     assert call.answered_at is None
     assert subjects(db) == ["Missed call from +79161234567"]
+
+
+async def test_mango_recording_of_a_ticketed_call_is_journaled_on_its_ticket_once(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client(
+        settings_with(
+            {"mango": {"enabled": True, "api_key_env": "MANGO_KEY", "api_salt_env": "MANGO_SALT"}}
+        )
+    )
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    call = {
+        "entry_id": "cmVj",
+        "from": {"number": "79161234567"},
+        "to": {"number": "74951112233", "line_number": "74951112233"},
+    }
+    recording = {**call, "recording_id": "r1", "recording_state": "Completed"}
+    url = "https://records.example.com/r1.mp3"
+    for path, payload in (
+        ("call", {**call, "call_id": "Y2FsbA==", "seq": 1, "call_state": "Appeared"}),
+        ("summary", {**call, "call_direction": 1, "entry_result": 0}),
+        ("recording", {**recording, "recording_url": url}),
+        ("recording", {**recording, "recording_id": "r1-again", "recording_url": url}),
+    ):
+        response = await client.post(
+            f"{MANGO_PATH}/{path}", data=mango_form(payload), headers=headers
+        )
+        assert response.status == 200
+
+    await processed(client)
+
+    (ticket,) = ticket_ids(db)
+    assert the_call(db, "mango").recording_url == url
+    with db.transaction() as session:
+        details = list(
+            session.scalars(
+                select(JournalEntry.details).where(
+                    JournalEntry.ticket_id == ticket, JournalEntry.action == "call_recording"
+                )
+            )
+        )
+    assert [d["recording_url"] for d in details] == [url]
+
+
+def ticket_ids(db: Database) -> list[int]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Ticket.id)))

@@ -11,7 +11,6 @@ from sqlalchemy import select, update
 from intake.desk import Desk
 from intake.http import WORKER, create_app, http_context
 from intake.sources.telephony.base import Invalid, Normalised, WebhookRequest
-from storage import calls as stored
 from storage import inbound
 from storage.db import Database
 from storage.models import Contact, InboundItem, InboundState, utcnow
@@ -56,11 +55,11 @@ def test_claim_takes_new_and_due_items_in_arrival_order_and_leaves_the_rest(
     new_2 = _keep(db, "h")
 
     with db.transaction() as session:
-        first = stored.claim(session, sources=[GENERIC], limit=3, now=now)
+        first = inbound.claim(session, sources=[GENERIC], limit=3, now=now)
     with db.transaction() as session:
-        rest = stored.claim(session, sources=[GENERIC], limit=10, now=now)
+        rest = inbound.claim(session, sources=[GENERIC], limit=10, now=now)
     with db.transaction() as session:
-        again = stored.claim(session, sources=[GENERIC], limit=10, now=now)
+        again = inbound.claim(session, sources=[GENERIC], limit=10, now=now)
 
     assert [item.id for item in first] == [new_1, failed_due, lease_over]
     assert [item.id for item in rest] == [new_2]
