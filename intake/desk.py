@@ -142,6 +142,15 @@ def _shared_turn(session: Session) -> Iterator[Connection]:
         yield session.connection()
 
 
+def _take_turn(connection: Connection, queue: str, now: dt.datetime) -> Row[int, str] | None:
+    for stmt in _NEXT_ON_DUTY[connection.dialect.name]:
+        staff = connection.execute(stmt, {"queue": queue}).first()
+        if staff is not None:
+            connection.execute(_MARK_ASSIGNED, {"staff_id": staff.id, "assigned_at": now})
+            return staff
+    return None
+
+
 class DeskError(Exception):
     """A request the desk's rules refuse; the message is meant for the person who asked."""
 
@@ -411,11 +420,14 @@ class Desk:
         (:func:`_shared_turn`), so that the counter's row lock is not held until the
         caller's commit while every other worker and daemon queues behind it.
         """
+        with _shared_turn(session) as connection:
+            return self._next_number(connection, now)
+
+    def _next_number(self, connection: Connection, now: dt.datetime) -> str:
         year = now.astimezone(self.zone).year
         scope = str(year) if number_scope(self.rules.number_format) == "year" else "all"
-        with _shared_turn(session) as connection:
-            stmt = _NEXT_IN_COUNTER[connection.dialect.name]
-            seq = connection.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
+        stmt = _NEXT_IN_COUNTER[connection.dialect.name]
+        seq = connection.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
         return self.rules.number_format.format(year=year, seq=seq)
 
     # registration -------------------------------------------------------------------------
@@ -453,14 +465,15 @@ class Desk:
             if assignee is None:
                 raise NotFoundError(f"no staff member {request.assignee!r}")
             rule = "explicit"
-        else:
-            assignee, rule = self.next_on_duty(session, queue, now), "round-robin"
         env = request.environment
         subject = request.subject.strip() or "(no subject)"
         response_due_at, resolution_due_at = _due_times(now, priority, package)
-        # The number is taken last, just before the ticket is written, so that the
-        # counter's row lock (PostgreSQL) is held for as short a time as possible.
-        number = self.allocate_number(session, now)
+        # The round-robin turn and the number in one short transaction on PostgreSQL
+        # (see allocate_number and next_on_duty); in the caller's on SQLite.
+        with _shared_turn(session) as connection:
+            if not request.assignee:
+                assignee, rule = _take_turn(connection, queue, now), "round-robin"
+            number = self._next_number(connection, now)
         ticket_id = session.execute(
             _INSERT_TICKET,
             {
@@ -789,13 +802,7 @@ class Desk:
         than leave its ticket unassigned. A rolled-back registration keeps the turn taken.
         """
         with _shared_turn(session) as connection:
-            statements = _NEXT_ON_DUTY[connection.dialect.name]
-            for stmt in statements:
-                staff = connection.execute(stmt, {"queue": queue}).first()
-                if staff is not None:
-                    connection.execute(_MARK_ASSIGNED, {"staff_id": staff.id, "assigned_at": now})
-                    return staff
-        return None
+            return _take_turn(connection, queue, now)
 
     def _assign(
         self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"
