@@ -2,8 +2,9 @@
 in a few Core statements.
 
 The same states as :mod:`storage.inbound`, whose :func:`~storage.inbound.claim` the worker
-uses too; here a batch costs two INSERTs to keep and one UPDATE per outcome to mark,
-instead of statements and an ORM object per item.
+uses too; here a batch costs two INSERTs to keep, and to mark it one UPDATE for the items
+that share an outcome (one per item only for those with a ticket of their own), instead
+of statements and an ORM object per item.
 """
 
 from __future__ import annotations
@@ -42,7 +43,20 @@ _STORE = {
     .returning(INBOUND.c.id, INBOUND.c.source, INBOUND.c.source_ref)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
+# Items are marked by the batch: one UPDATE for those that share their values (id IN …),
+# rather than a statement per item; only items with a ticket each have values of their own.
 _MARK_DONE = (
+    update(INBOUND)
+    .where(INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
+    .values(
+        state=InboundState.DONE,
+        ticket_id=None,
+        error=None,
+        next_attempt_at=None,
+        processed_at=bindparam("at"),
+    )
+)
+_MARK_DONE_WITH_TICKET = (
     update(INBOUND)
     .where(INBOUND.c.id == bindparam("item_id"))
     .values(
@@ -55,7 +69,7 @@ _MARK_DONE = (
 )
 _MARK_IGNORED = (
     update(INBOUND)
-    .where(INBOUND.c.id == bindparam("item_id"))
+    .where(INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
     .values(
         state=InboundState.IGNORED,
         reason=bindparam("ignored_reason"),
@@ -68,25 +82,33 @@ _MARK_IGNORED = (
 
 def done(session: Session, items: Sequence[tuple[int, int | None]]) -> None:
     """Mark items done, each with the ticket its events touched (or None)."""
-    if items:
-        now = utcnow()
-        session.connection().execute(
-            _MARK_DONE,
-            [
-                {"item_id": item_id, "done_ticket_id": ticket, "at": now}
-                for item_id, ticket in items
-            ],
-        )
+    if not items:
+        return
+    now = utcnow()
+    connection = session.connection()
+    plain = [item_id for item_id, ticket in items if ticket is None]
+    if plain:
+        connection.execute(_MARK_DONE, {"item_ids": plain, "at": now})
+    with_ticket = [
+        {"item_id": item_id, "done_ticket_id": ticket, "at": now}
+        for item_id, ticket in items
+        if ticket is not None
+    ]
+    if with_ticket:
+        connection.execute(_MARK_DONE_WITH_TICKET, with_ticket)
 
 
 def ignored(session: Session, items: Sequence[tuple[int, str]]) -> None:
     """Set items aside on purpose, each with the reason recorded."""
-    if items:
-        now = utcnow()
-        session.connection().execute(
-            _MARK_IGNORED,
-            [
-                {"item_id": item_id, "ignored_reason": reason, "at": now}
-                for item_id, reason in items
-            ],
+    if not items:
+        return
+    now = utcnow()
+    by_reason: dict[str, list[int]] = {}
+    for item_id, reason in items:
+        by_reason.setdefault(reason, []).append(item_id)
+    connection = session.connection()
+    # Most reasons are an adapter's fixed wording: the items that share one share a statement.
+    for reason, item_ids in by_reason.items():
+        connection.execute(
+            _MARK_IGNORED, {"item_ids": item_ids, "ignored_reason": reason, "at": now}
         )

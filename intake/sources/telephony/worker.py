@@ -5,14 +5,15 @@ requests of the telephony sources in the order they arrived and hands their even
 call recorder: as the edge read them, or, for a request kept by another daemon or before a
 restart, as its adapter reads the kept request again. The edge wakes it after each commit;
 a failed item comes back after its backoff. While webhooks arrive, answering them comes
-first: the worker takes small batches and stands aside between them; then it works off
-its backlog in large ones.
+first: the worker takes what is pending in batches of a bounded cost and stands aside
+between them; then it works off its backlog in large ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -22,18 +23,28 @@ from storage import inbound
 
 log = logging.getLogger(__name__)
 
-# Items per transaction while webhooks are arriving. On SQLite their commits wait for the
-# one write lock, so they are held up by one batch at most: about 15 ms of work.
+# While webhooks arrive, a batch takes what is pending, up to as many items as cost the
+# storage thread this many seconds of CPU: on SQLite the webhooks' commits wait for its one
+# writer, so they are held up by one batch at most, inside their latency budget. The
+# size follows from what recent batches cost per item, so the per-batch work (claim, locks,
+# commit) is shared by more items as the backlog grows, and by fewer on a slower machine.
+# CPU rather than wall time: under load the batch shares the interpreter lock with the
+# event loop, and its wall time per item says more about the webhooks than about the batch.
+BATCH_SECONDS = 0.015
+# The size of the first batch under load, before any batch has been timed; and the least.
 BATCH = 32
-# Items per transaction when none are: the claim, locks and commit of a batch cost about
-# as much as its items' bookkeeping, so a backlog is worked off in large batches.
+FEWEST = 8
+# Items per transaction when none are: a backlog is worked off in large batches, each
+# claim, lock and commit shared by many items.
 BACKLOG_BATCH = 128
 # Webhooks stored this recently (seconds) mean more are arriving.
 ARRIVING = 0.25
 # While they are, after each full batch the worker stands aside this many times as long
 # as the batch took: answering them keeps the CPU (one process, one interpreter lock),
-# and the worker still gets a share of it, so its backlog does not grow without bound.
-STAND_ASIDE = 1.0
+# and the worker still gets a share of it (about a third of the storage thread), so its
+# backlog grows only while webhooks outpace that share; the rest goes in large batches
+# once they stop.
+STAND_ASIDE = 2.0
 # After a partial batch, how long events are let gather before the next one: under load a
 # batch per webhook commit would spend the time on per-batch work (claim, locks, commit)
 # that the webhooks' own commits need.
@@ -64,23 +75,38 @@ class CallEventWorker:
         self.idle = asyncio.Event()
         # When webhooks were last stored (the loop's clock).
         self.stored_at = -ARRIVING
+        # The CPU time per item of the last full batch (seconds).
+        self.per_item: float | None = None
 
     def arriving(self) -> bool:
         """Whether webhooks are arriving now."""
         return asyncio.get_running_loop().time() - self.stored_at < ARRIVING
 
+    def batch_size(self) -> int:
+        """How many items the next batch takes at most: while webhooks arrive, what costs
+        BATCH_SECONDS of CPU at the cost per item of the last full batch."""
+        if not self.arriving():
+            return BACKLOG_BATCH
+        if self.per_item is None:
+            return BATCH
+        fits = int(BATCH_SECONDS / self.per_item)
+        # In steps of FEWEST: the claim's query is built once per size.
+        return max(FEWEST, min(BACKLOG_BATCH, fits - fits % FEWEST))
+
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while not stopping.is_set():
-            limit = BATCH if self.arriving() else BACKLOG_BATCH
+            limit = self.batch_size()
             began = loop.time()
             try:
-                processed = await loop.run_in_executor(self.executor, self.process_due, limit)
+                processed, cpu = await loop.run_in_executor(self.executor, self._timed, limit)
             except Exception:
                 # The database is away; the items stay stored and are taken again.
                 log.exception("telephony: cannot process stored call events")
-                processed = 0
+                processed, cpu = 0, 0.0
             if processed == limit:
+                # A partial batch's per-batch work is shared by fewer items than it could be.
+                self.per_item = cpu / processed
                 if self.arriving():
                     await _first(stopping, seconds=(loop.time() - began) * STAND_ASIDE)
                 continue
@@ -101,6 +127,12 @@ class CallEventWorker:
         """Process everything due now, in the storage thread; how many items."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.process_all)
+
+    def _timed(self, limit: int) -> tuple[int, float]:
+        """:meth:`process_due`, and the CPU time it took (seconds)."""
+        began = time.thread_time()
+        processed = self.process_due(limit)
+        return processed, time.thread_time() - began
 
     def process_due(self, limit: int = BATCH) -> int:
         """Process up to ``limit`` due items in one transaction; how many were taken.

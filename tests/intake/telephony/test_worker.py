@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from intake.desk import Desk
 from intake.http import WORKER, create_app, http_context
 from intake.sources.telephony.base import Invalid, Normalised, WebhookRequest
+from intake.sources.telephony.worker import BACKLOG_BATCH, BATCH, BATCH_SECONDS, FEWEST
 from storage import inbound
 from storage.db import Database
 from storage.models import Contact, InboundItem, InboundState, utcnow
@@ -130,3 +131,54 @@ async def test_events_kept_before_a_restart_are_read_again_from_the_kept_request
     assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
     with db.transaction() as session:
         assert set(session.scalars(select(InboundItem.state))) == {InboundState.DONE}
+
+
+async def test_a_batch_marks_each_item_with_its_own_ticket_or_reason(
+    db: Database, make_client: ClientFactory
+) -> None:
+    blocked = ["+7 495 000-00-00", "+7 495 000-00-01"]
+    generic = {"enabled": True, "token_env": "CTI_TOKEN", "blocked_numbers": blocked}
+    client = await make_client(settings_with({"generic": generic}))
+    for body in (
+        event("newCall", call_id="b-1"),
+        event("newCall", call_id="b-2", **{"from": "84950000000"}),
+        event("hangup", call_id="b-1", cause="noAnswer"),
+        event("newCall", call_id="b-3", **{"from": "84950000001"}),
+        event("newCall", call_id="b-4", **{"from": "84950000000"}),
+        event("newCall", call_id="b-5", **{"from": "+7 916 765-43-21"}),
+    ):
+        assert (await client.post(URL, json=body)).status == 200
+    await processed(client)
+
+    (ticket,) = tickets(db)
+    with db.transaction() as session:
+        items = session.execute(
+            select(InboundItem.state, InboundItem.ticket_id, InboundItem.reason).order_by(
+                InboundItem.id
+            )
+        ).all()
+    assert [tuple(item) for item in items] == [
+        (InboundState.DONE, None, None),
+        (InboundState.IGNORED, None, "blocked number +74950000000"),
+        (InboundState.DONE, ticket.id, None),
+        (InboundState.IGNORED, None, "blocked number +74950000001"),
+        (InboundState.IGNORED, None, "blocked number +74950000000"),
+        (InboundState.DONE, None, None),
+    ]
+
+
+async def test_under_load_a_batch_takes_what_fits_its_time_at_the_last_cost_per_item(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    worker = client.app[WORKER]
+
+    assert worker.batch_size() == BACKLOG_BATCH
+    worker.notify()
+    assert worker.batch_size() == BATCH
+    worker.per_item = BATCH_SECONDS / 50
+    assert worker.batch_size() == 48
+    worker.per_item = BATCH_SECONDS
+    assert worker.batch_size() == FEWEST
+    worker.per_item = BATCH_SECONDS / 10_000
+    assert worker.batch_size() == BACKLOG_BATCH
