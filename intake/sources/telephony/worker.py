@@ -45,6 +45,9 @@ ARRIVING = 0.25
 # backlog grows only while webhooks outpace that share; the rest goes in large batches
 # once they stop.
 STAND_ASIDE = 2.0
+# Seconds of backlog (full batch after full batch) after which the worker no longer stands
+# aside: webhooks arriving faster than its share could otherwise grow it without bound.
+MAX_LAG = 10.0
 # After a partial batch, how long events are let gather before the next one: under load a
 # batch per webhook commit would spend the time on per-batch work (claim, locks, commit)
 # that the webhooks' own commits need.
@@ -77,10 +80,22 @@ class CallEventWorker:
         self.stored_at = -ARRIVING
         # The CPU time per item of the last full batch (seconds).
         self.per_item: float | None = None
+        # Since when (the loop's clock) batch after batch has come out full: a backlog.
+        self.behind_since: float | None = None
 
     def arriving(self) -> bool:
         """Whether webhooks are arriving now."""
         return asyncio.get_running_loop().time() - self.stored_at < ARRIVING
+
+    def stand_aside(self, took: float) -> float:
+        """How long the worker leaves the storage thread to the webhooks after a full batch
+        that took ``took`` seconds: STAND_ASIDE times as long, unless it has been behind
+        for MAX_LAG already; then it takes its turn at once, and the webhooks and it share
+        the thread, so that the oldest event waits a bounded time under sustained load."""
+        behind = asyncio.get_running_loop().time() - (self.behind_since or 0.0)
+        if self.behind_since is not None and behind >= MAX_LAG:
+            return 0.0
+        return took * STAND_ASIDE
 
     def batch_size(self) -> int:
         """How many items the next batch takes at most: while webhooks arrive, what costs
@@ -107,9 +122,12 @@ class CallEventWorker:
             if processed == limit:
                 # A partial batch's per-batch work is shared by fewer items than it could be.
                 self.per_item = cpu / processed
+                if self.behind_since is None:
+                    self.behind_since = began
                 if self.arriving():
-                    await _first(stopping, seconds=(loop.time() - began) * STAND_ASIDE)
+                    await _first(stopping, seconds=self.stand_aside(loop.time() - began))
                 continue
+            self.behind_since = None
             if processed:
                 await _first(stopping, seconds=GATHER)
                 continue

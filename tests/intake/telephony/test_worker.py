@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -11,7 +12,14 @@ from sqlalchemy import select, update
 from intake.desk import Desk
 from intake.http import WORKER, create_app, http_context
 from intake.sources.telephony.base import Invalid, Normalised, WebhookRequest
-from intake.sources.telephony.worker import BACKLOG_BATCH, BATCH, BATCH_SECONDS, FEWEST
+from intake.sources.telephony.worker import (
+    BACKLOG_BATCH,
+    BATCH,
+    BATCH_SECONDS,
+    FEWEST,
+    MAX_LAG,
+    STAND_ASIDE,
+)
 from storage import inbound
 from storage.db import Database
 from storage.models import Contact, InboundItem, InboundState, utcnow
@@ -182,3 +190,18 @@ async def test_under_load_a_batch_takes_what_fits_its_time_at_the_last_cost_per_
     assert worker.batch_size() == FEWEST
     worker.per_item = BATCH_SECONDS / 10_000
     assert worker.batch_size() == BACKLOG_BATCH
+
+
+async def test_a_worker_behind_for_long_stops_standing_aside_for_the_webhooks(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    worker = client.app[WORKER]
+    now = asyncio.get_running_loop().time()
+
+    assert worker.stand_aside(0.01) == pytest.approx(0.01 * STAND_ASIDE)
+    worker.behind_since = now - MAX_LAG / 2
+    assert worker.stand_aside(0.01) == pytest.approx(0.01 * STAND_ASIDE)
+    worker.behind_since = now - MAX_LAG
+    assert worker.stand_aside(0.01) == 0.0
+
