@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from intake.desk import OPEN_STATUSES, SYSTEM_ACTOR, Desk, NewRequest
 from intake.directory import add_customer
 from intake.sources.telephony.model import CallEvent, EventKind, e164
-from storage import calls as stored
 from storage import inbound
 from storage.db import Database
 from storage.inbound import Claimed
@@ -299,7 +298,7 @@ class CallRecorder:
         with self.db.transaction() as session:
             # What inbound.store() does for one item, in two statements for the batch:
             # building statements per webhook costs more than its share of the commit.
-            new = stored.store(session, rows)
+            new = inbound.store_batch(session, rows)
         results = []
         for received in batch:
             key = (source_name(received.provider), received.source_ref)
@@ -367,8 +366,8 @@ class CallRecorder:
             changed |= keys
             finished.append((item.id, ticket_id))
         desk.write()
-        stored.ignored(session, set_aside)
-        stored.done(session, finished)
+        inbound.ignored_batch(session, set_aside)
+        inbound.done_batch(session, finished)
         if changed:
             session.connection().execute(
                 _WRITE_CALLS,

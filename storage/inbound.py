@@ -103,10 +103,26 @@ def store(
     return Stored(existing, duplicate=True)
 
 
+def store_batch(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """:func:`store` for a batch (the webhooks' group commit): each row is the item's
+    columns and its ``raw`` bytes. The (source, source_ref) of the items new here; the
+    others are duplicates, and the first of a reference repeated in the batch is kept."""
+    raws: dict[tuple[str, str], bytes] = {}
+    for row in rows:
+        raws.setdefault((row["source"], row["source_ref"]), row["raw"])
+    connection = session.connection()
+    new = connection.execute(
+        _STORE[connection.dialect.name],
+        [{name: value for name, value in row.items() if name != "raw"} for row in rows],
+    ).all()
+    write_raw(connection, {row.id: raws[(row.source, row.source_ref)] for row in new})
+    return {(row.source, row.source_ref) for row in new}
+
+
 _STORE = {
     name: dialect.insert(INBOUND)
     .on_conflict_do_nothing(index_elements=["source", "source_ref"])
-    .returning(INBOUND.c.id)
+    .returning(INBOUND.c.id, INBOUND.c.source, INBOUND.c.source_ref)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 _STORE_RAW = INBOUND_RAW.insert()
@@ -301,9 +317,10 @@ _MARK_CLAIMED = (
         next_attempt_at=bindparam("until"),
     )
 )
+# Marks are by a list of ids: a batch's items that share an outcome share one statement.
 _MARK_DONE = (
     update(INBOUND)
-    .where(INBOUND.c.id == bindparam("item_id"))
+    .where(INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
     .values(
         state=InboundState.DONE,
         ticket_id=bindparam("done_ticket_id"),
@@ -314,7 +331,7 @@ _MARK_DONE = (
 )
 _MARK_IGNORED = (
     update(INBOUND)
-    .where(INBOUND.c.id == bindparam("item_id"))
+    .where(INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
     .values(
         state=InboundState.IGNORED,
         reason=bindparam("reason"),
@@ -334,7 +351,7 @@ def _written(item: InboundItem, **values: Any) -> None:
 
 def done(session: Session, item: InboundItem, *, ticket_id: int | None) -> None:
     now = utcnow()
-    session.execute(_MARK_DONE, {"item_id": item.id, "done_ticket_id": ticket_id, "done_at": now})
+    _mark_done(session, {ticket_id: [item.id]}, now)
     _written(
         item,
         state=InboundState.DONE,
@@ -351,10 +368,7 @@ def ignored(
     """Set aside on purpose (auto-reply, bounce, loop …), with the reason recorded, and the
     ticket it concerns if any (the one a duplicate or a bounce belongs to)."""
     now = utcnow()
-    session.execute(
-        _MARK_IGNORED,
-        {"item_id": item.id, "reason": reason, "ignored_ticket_id": ticket_id, "ignored_at": now},
-    )
+    _mark_ignored(session, {(reason, ticket_id): [item.id]}, now)
     _written(
         item,
         state=InboundState.IGNORED,
@@ -364,6 +378,50 @@ def ignored(
         next_attempt_at=None,
         processed_at=now,
     )
+
+
+def done_batch(session: Session, items: Sequence[tuple[int, int | None]]) -> None:
+    """Mark items (id, ticket id or None) done, without loading them."""
+    by_ticket: dict[int | None, list[int]] = {}
+    for item_id, ticket_id in items:
+        by_ticket.setdefault(ticket_id, []).append(item_id)
+    _mark_done(session, by_ticket, utcnow())
+
+
+def ignored_batch(session: Session, items: Sequence[tuple[int, str]]) -> None:
+    """Set items (id, reason) aside, without loading them."""
+    by_reason: dict[tuple[str, int | None], list[int]] = {}
+    for item_id, reason in items:
+        by_reason.setdefault((reason, None), []).append(item_id)
+    _mark_ignored(session, by_reason, utcnow())
+
+
+def _mark_done(
+    session: Session, by_ticket: Mapping[int | None, list[int]], now: dt.datetime
+) -> None:
+    connection = session.connection()
+    for ticket_id, item_ids in by_ticket.items():
+        connection.execute(
+            _MARK_DONE, {"item_ids": item_ids, "done_ticket_id": ticket_id, "done_at": now}
+        )
+
+
+def _mark_ignored(
+    session: Session, by_outcome: Mapping[tuple[str, int | None], list[int]], now: dt.datetime
+) -> None:
+    # Most reasons are fixed wording (an adapter's, a rule's): items sharing one share a
+    # statement.
+    connection = session.connection()
+    for (reason, ticket_id), item_ids in by_outcome.items():
+        connection.execute(
+            _MARK_IGNORED,
+            {
+                "item_ids": item_ids,
+                "reason": reason,
+                "ignored_ticket_id": ticket_id,
+                "ignored_at": now,
+            },
+        )
 
 
 _NO_RAW = (defer(InboundItem.raw),)

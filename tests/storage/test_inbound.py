@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from storage import calls, inbound
+from storage import inbound
 from storage.db import Database
 from storage.models import InboundItem, InboundState
 
@@ -155,12 +155,13 @@ def test_a_batch_of_call_events_is_stored_once_each_with_its_bytes(db: Database)
         }
 
     with db.transaction() as session:
-        assert calls.store(session, [row("a", b"first"), row("b", b"second")]) == {
+        assert inbound.store_batch(session, [row("a", b"first"), row("b", b"second")]) == {
             ("telephony:generic", "a"),
             ("telephony:generic", "b"),
         }
     with db.transaction() as session:
-        new = calls.store(session, [row("b", b"again"), row("c", b"third"), row("c", b"dup")])
+        batch = [row("b", b"again"), row("c", b"third"), row("c", b"dup")]
+        new = inbound.store_batch(session, batch)
         assert new == {("telephony:generic", "c")}
     with db.transaction() as session:
         claimed = inbound.claim(session, now=T0, limit=10, sources=["telephony:generic"])
