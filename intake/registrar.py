@@ -8,9 +8,10 @@ the desk's work in the caller's transaction, which also marks the inbound item.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Row, bindparam, insert, select
@@ -30,11 +31,13 @@ from storage.models import (
     Channel,
     Direction,
     InboundItem,
+    InboundState,
     Kind,
     Message,
     OutboxItem,
     Priority,
     Ticket,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,11 @@ _OWNERS_OF = [
 ]
 
 PIPELINE_ACTOR = "pipeline"
+# A mail waits (Registrar._waits) in steps of WAIT_STEP, and at most WAIT_LIMIT after its
+# receipt: then what it waits for is stuck, and the mail is taken on its own.
+WAIT_STEP = dt.timedelta(seconds=1)
+WAIT_LIMIT = dt.timedelta(hours=1)
+MAX_REASON = 1000
 HEADER_SCAN = 256 * 1024
 _ENV_LENGTH = 64
 
@@ -106,6 +114,7 @@ class Registrar:
         policy: SenderPolicy,
         identity: MailIdentity,
         parse_options: ParseOptions = DEFAULT_OPTIONS,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.desk = desk
         self.blob_store = blob_store
@@ -113,6 +122,7 @@ class Registrar:
         self.policy = policy
         self.identity = identity
         self.parse_options = parse_options
+        self.clock = clock
 
     def prepare(self, raw: bytes) -> Prepared:
         mail = parse_mail(raw, options=self.parse_options)
@@ -156,6 +166,9 @@ class Registrar:
             )
             return Outcome(duplicate.number, f"duplicate of a message in {duplicate.number}")
         found = self._ticket_for_follow_up(session, mail)
+        waits = self._waits(session, item, mail, answers=found is None)
+        if waits is not None:
+            return waits
         if found is not None:
             ticket_id, matched_by = found
             followed = self.desk.add_follow_up(
@@ -215,8 +228,7 @@ class Registrar:
         if mail.registration_number and mail.registration_number_source == "subject":
             with contextlib.suppress(NotFoundError):
                 return self.desk.ticket_id(session, mail.registration_number), "registration number"
-        answered = [mail.in_reply_to] if mail.in_reply_to else []
-        answered += [ref for ref in reversed(mail.references) if ref not in answered]
+        answered = _answered(mail)
         if not answered:
             return None
         owners: dict[str, int] = {}
@@ -229,6 +241,54 @@ class Registrar:
                 matched = "In-Reply-To" if ref == mail.in_reply_to and index == 0 else "References"
                 return owners[ref], matched
         return None
+
+    def _waits(
+        self, session: Session, item: InboundItem, mail: ParsedMail, *, answers: bool
+    ) -> Outcome | None:
+        """Put the mail back for a moment when what decides its fate is still in the
+        inbound store: the same mail received earlier through another source (whose copy
+        is registered first; asked on PostgreSQL, where other workers and daemons take
+        items at the same time, while one SQLite worker takes them in order), or, when
+        ``answers`` (no ticket found for it), a mail it answers, which a reply would
+        otherwise overtake and become a ticket of its own. A mail that itself waits is not
+        waited for (two mails that answer each other), and none waits past WAIT_LIMIT."""
+        answered = _answered(mail) if answers else []
+        copies = bool(mail.message_id) and session.get_bind().dialect.name == "postgresql"
+        asked = [*answered, mail.message_id] if copies and mail.message_id else answered
+        if not asked:
+            return None
+        for other in inbound.unfinished(session, asked, besides=item.id):
+            if other.message_id == mail.message_id and copies:
+                if other.id > item.id:
+                    continue
+                why = "the same mail received earlier through another source"
+            elif other.waiting:
+                continue
+            else:
+                why = f"the mail it answers, {other.message_id}"
+            return self._wait(session, item, other, why)
+        return None
+
+    def _wait(
+        self, session: Session, item: InboundItem, other: inbound.Unfinished, why: str
+    ) -> Outcome | None:
+        now = self.clock()
+        if now - item.received_at > WAIT_LIMIT:
+            log.warning(
+                "inbound %d waited %s for inbound %d (%s); taken on its own now",
+                item.id,
+                WAIT_LIMIT,
+                other.id,
+                why,
+            )
+            return None
+        until = now + WAIT_STEP
+        if other.state is InboundState.FAILED and other.next_attempt_at is not None:
+            # Its retry is the earliest it can be finished.
+            until = max(until, other.next_attempt_at + WAIT_STEP)
+        reason = f"waits for inbound {other.id} ({why})"[:MAX_REASON]
+        inbound.hold(session, item, reason=reason, until=until)
+        return Outcome(None, f"{reason}; again at {until:%H:%M:%S}")
 
     def _already_registered(self, session: Session, message_id: str | None) -> Row[int, str] | None:
         """The ticket (id, number) of the same mail received through another source (SMTP
@@ -315,6 +375,13 @@ class Registrar:
             )
         )
         return Outcome(None, reason)
+
+
+def _answered(mail: ParsedMail) -> list[str]:
+    """The Message-IDs of the mails this one answers, the closest first."""
+    answered = [mail.in_reply_to] if mail.in_reply_to else []
+    answered += [ref for ref in reversed(mail.references) if ref not in answered]
+    return answered
 
 
 def _author(mail: ParsedMail) -> str:

@@ -324,6 +324,7 @@ _MARK_DONE = (
     .values(
         state=InboundState.DONE,
         ticket_id=bindparam("done_ticket_id"),
+        reason=None,
         error=None,
         next_attempt_at=None,
         processed_at=bindparam("done_at"),
@@ -356,6 +357,7 @@ def done(session: Session, item: InboundItem, *, ticket_id: int | None) -> None:
         item,
         state=InboundState.DONE,
         ticket_id=ticket_id,
+        reason=None,
         error=None,
         next_attempt_at=None,
         processed_at=now,
@@ -394,6 +396,81 @@ def ignored_batch(session: Session, items: Sequence[tuple[int, str]]) -> None:
     for item_id, reason in items:
         by_reason.setdefault((reason, None), []).append(item_id)
     _mark_ignored(session, by_reason, utcnow())
+
+
+class Unfinished(NamedTuple):
+    """An item still in the store's hands: pending, processing, or failed and due again."""
+
+    id: int
+    message_id: str
+    state: InboundState
+    next_attempt_at: dt.datetime | None
+    waiting: bool
+
+
+UNFINISHED_STATES = (InboundState.PENDING, InboundState.PROCESSING, InboundState.FAILED)
+_UNFINISHED = select(
+    INBOUND.c.id,
+    INBOUND.c.message_id,
+    INBOUND.c.state,
+    INBOUND.c.next_attempt_at,
+    INBOUND.c.reason,
+).where(
+    INBOUND.c.message_id.in_(bindparam("message_ids", expanding=True)),
+    INBOUND.c.state.in_(UNFINISHED_STATES),
+    INBOUND.c.id != bindparam("besides"),
+)
+
+
+def unfinished(
+    session: Session, message_ids: Collection[str], *, besides: int
+) -> list[Unfinished]:
+    """The items other than ``besides`` with these Message-IDs that are not finished yet,
+    in the order they arrived; ``waiting`` when one is itself deferred (:func:`hold`)."""
+    if not message_ids:
+        return []
+    rows = session.connection().execute(
+        _UNFINISHED, {"message_ids": list(message_ids), "besides": besides}
+    )
+    return sorted(
+        (
+            Unfinished(
+                row.id,
+                row.message_id,
+                row.state,
+                row.next_attempt_at,
+                row.state is InboundState.PENDING and row.reason is not None,
+            )
+            for row in rows
+        ),
+        key=lambda found: found.id,
+    )
+
+
+_HOLD = (
+    update(INBOUND)
+    .where(INBOUND.c.id == bindparam("item_id"))
+    .values(
+        state=InboundState.PENDING,
+        reason=bindparam("waits_for"),
+        attempts=INBOUND.c.attempts - 1,
+        next_attempt_at=bindparam("until"),
+    )
+)
+
+
+def hold(session: Session, item: InboundItem, *, reason: str, until: dt.datetime) -> None:
+    """Put a claimed item back until ``until``, because of something it waits for (the
+    mail it answers, still in the store): pending again, with the reason recorded, and the
+    claim not counted as an attempt. A pending item with a reason is one that waits."""
+    session.connection().execute(_HOLD, {"item_id": item.id, "waits_for": reason, "until": until})
+    _written(
+        item,
+        state=InboundState.PENDING,
+        reason=reason,
+        attempts=item.attempts - 1,
+        next_attempt_at=until,
+    )
 
 
 def _mark_done(
@@ -446,6 +523,8 @@ def failed(
     if item is None:
         raise InboundError(f"no inbound item {item_id}")
     item.error = error
+    # What it waited for, if it was deferred, is over: the error says what happened.
+    item.reason = None
     if item.attempts >= max_attempts:
         item.state = InboundState.QUARANTINED
         item.next_attempt_at = None
@@ -466,6 +545,7 @@ def retry(session: Session, item_id: int) -> InboundItem:
     item.state = InboundState.PENDING
     item.attempts = 0
     item.next_attempt_at = None
+    item.reason = None
     session.flush()
     return item
 
@@ -474,6 +554,6 @@ def retry_quarantined(session: Session) -> int:
     result = session.execute(
         update(InboundItem)
         .where(InboundItem.state == InboundState.QUARANTINED)
-        .values(state=InboundState.PENDING, attempts=0, next_attempt_at=None)
+        .values(state=InboundState.PENDING, attempts=0, next_attempt_at=None, reason=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -375,8 +375,10 @@ class InboundItem(Base):
     __table_args__ = (
         UniqueConstraint("source", "source_ref"),
         Index("ix_inbound_claim", "state", "next_attempt_at"),
-        # An IMAP source asks "has this mailbox stored this Message-ID?" for every message.
-        Index("ix_inbound_source_message_id", "source", "message_id"),
+        # An IMAP source asks "has this mailbox stored this Message-ID?" for every message;
+        # the pipeline asks whether a mail answered, or the same mail from another source,
+        # is still in the store (storage.inbound.unfinished).
+        Index("ix_inbound_message_id", "message_id", "source"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

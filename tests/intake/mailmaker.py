@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -14,6 +16,7 @@ from intake.rules.builtin import builtin_rules
 from intake.senders import SenderPolicy
 from parsers.options import ParseOptions
 from storage.blobs import BlobStore
+from storage.models import utcnow
 
 OUR_DOMAIN = "intake.test"
 OUR_ADDRESS = "support@intake.test"
@@ -52,7 +55,13 @@ def mail_bytes(
     return message.as_bytes()
 
 
-def make_registrar(desk: Desk, tmp_path: Path, *, policy: SenderPolicy | None = None) -> Registrar:
+def make_registrar(
+    desk: Desk,
+    tmp_path: Path,
+    *,
+    policy: SenderPolicy | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> Registrar:
     return Registrar(
         desk,
         BlobStore(tmp_path / "blobs"),
@@ -60,4 +69,5 @@ def make_registrar(desk: Desk, tmp_path: Path, *, policy: SenderPolicy | None = 
         policy or SenderPolicy(),
         MailIdentity(from_address=OUR_ADDRESS, message_id_domain=OUR_DOMAIN),
         ParseOptions(number_pattern=number_tag_pattern(desk.rules.number_format)),
+        clock=clock,
     )

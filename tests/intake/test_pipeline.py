@@ -19,6 +19,7 @@ from intake.desk import Desk
 from intake.pipeline import Pipeline
 from intake.registrar import Outcome, Prepared, Registrar
 from intake.senders import SenderPolicy
+from intake.sources.imap_sync import message_id_of
 from storage import inbound
 from storage.db import Database
 from storage.models import (
@@ -41,8 +42,15 @@ T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
 
 def receive(db: Database, raw: bytes, ref: str | None = None) -> int:
+    """Store a mail as the sources do, with its Message-ID."""
     with db.transaction() as session:
-        return inbound.store(session, source="smtp", source_ref=ref or str(hash(raw)), raw=raw).id
+        return inbound.store(
+            session,
+            source="smtp",
+            source_ref=ref or str(hash(raw)),
+            raw=raw,
+            message_id=message_id_of(raw),
+        ).id
 
 
 def pipeline_for(
@@ -545,3 +553,150 @@ def test_a_batch_whose_lease_was_taken_over_leaves_that_item_alone(
     pipeline.process([fast])
     assert [item(db, i).state for i in ids] == [InboundState.DONE] * 3
     assert count(db, Ticket) == 3
+
+
+# --- mail that waits for what decides its fate ----------------------------------------------
+
+
+@pytest.fixture
+def clock() -> list[dt.datetime]:
+    return [dt.datetime.now(dt.UTC)]
+
+
+@pytest.fixture
+def timed(db: Database, desk: Desk, tmp_path: Path, clock: list[dt.datetime]) -> Pipeline:
+    """A pipeline whose registrar and claims both read ``clock``."""
+    return pipeline_for(db, make_registrar(desk, tmp_path, clock=lambda: clock[0]), clock=clock)
+
+
+def _claimed_elsewhere(db: Database, at: dt.datetime) -> InboundItem:
+    """The first pending item, claimed as another worker would, and left in its hands."""
+    with db.transaction() as session:
+        (taken,) = inbound.items(session, inbound.claim(session, now=at))
+    return taken
+
+
+def test_a_reply_waits_while_the_mail_it_answers_is_still_being_processed(
+    db: Database, seed: Seed, timed: Pipeline, clock: list[dt.datetime]
+) -> None:
+    first = receive(db, mail_bytes(subject="Calls drop", message_id="<first@acme.example>"))
+    original = _claimed_elsewhere(db, clock[0])
+    reply = receive(
+        db, mail_bytes(subject="Re: Calls drop", body="Again", in_reply_to="<first@acme.example>")
+    )
+    assert timed.work_all() == 1
+    held = item(db, reply)
+    assert (held.state, held.attempts, held.ticket_id) == (InboundState.PENDING, 0, None)
+    assert held.reason == f"waits for inbound {first} (the mail it answers, <first@acme.example>)"
+    assert held.next_attempt_at == clock[0] + dt.timedelta(seconds=1)
+    assert count(db, Ticket) == 0
+    # Not before its time.
+    assert timed.work_all() == 0
+
+    timed.process([original])
+    clock[0] += dt.timedelta(seconds=1)
+    assert timed.work_all() == 1
+    followed = item(db, reply)
+    assert followed.state is InboundState.DONE
+    assert followed.reason is None
+    assert followed.ticket_id == item(db, first).ticket_id is not None
+    assert count(db, Ticket) == 1
+
+
+def test_a_reply_to_a_mail_that_failed_waits_for_its_retry(
+    db: Database, seed: Seed, desk: Desk, tmp_path: Path, clock: list[dt.datetime]
+) -> None:
+    first = receive(db, mail_bytes(subject="Calls drop", message_id="<first@acme.example>"))
+    failing = _FailsOn(make_registrar(desk, tmp_path, clock=lambda: clock[0]), "Calls drop")
+    assert pipeline_for(db, cast(Registrar, failing), clock=clock).work_all() == 1
+    retry_at = item(db, first).next_attempt_at
+    assert item(db, first).state is InboundState.FAILED
+    assert retry_at is not None
+
+    reply = receive(
+        db, mail_bytes(subject="Re: Calls drop", body="Again", in_reply_to="<first@acme.example>")
+    )
+    timed = pipeline_for(db, make_registrar(desk, tmp_path, clock=lambda: clock[0]), clock=clock)
+    assert timed.work_all() == 1
+    assert item(db, reply).next_attempt_at == retry_at + dt.timedelta(seconds=1)
+
+    # At the retry the original is taken first, and the reply follows it up in the batch.
+    clock[0] = retry_at + dt.timedelta(seconds=1)
+    assert timed.work_all() == 2
+    assert item(db, reply).ticket_id == item(db, first).ticket_id is not None
+    assert count(db, Ticket) == 1
+
+
+def test_two_mails_that_answer_each_other_do_not_wait_for_each_other(
+    db: Database, seed: Seed, timed: Pipeline, clock: list[dt.datetime]
+) -> None:
+    one = receive(
+        db,
+        mail_bytes(
+            subject="One", message_id="<one@acme.example>", in_reply_to="<two@acme.example>"
+        ),
+    )
+    two = receive(
+        db,
+        mail_bytes(
+            subject="Two", message_id="<two@acme.example>", in_reply_to="<one@acme.example>"
+        ),
+    )
+    assert timed.work_all() == 2
+    # The first waits for the second, which does not wait for one that waits.
+    assert item(db, one).state is InboundState.PENDING
+    assert item(db, two).state is InboundState.DONE
+    clock[0] += dt.timedelta(seconds=1)
+    assert timed.work_all() == 1
+    assert item(db, one).ticket_id == item(db, two).ticket_id is not None
+    assert count(db, Ticket) == 1
+
+
+def test_a_reply_waits_no_longer_than_the_limit(
+    db: Database, seed: Seed, timed: Pipeline, clock: list[dt.datetime]
+) -> None:
+    receive(db, mail_bytes(subject="Stuck", message_id="<stuck@acme.example>"))
+    _claimed_elsewhere(db, clock[0])
+    reply = receive(
+        db, mail_bytes(subject="Re: Stuck", body="Hello?", in_reply_to="<stuck@acme.example>")
+    )
+    with db.transaction() as session:
+        session.get_one(InboundItem, reply).received_at = clock[0] - dt.timedelta(
+            hours=1, seconds=1
+        )
+    assert timed.work_all() == 1
+    assert item(db, reply).state is InboundState.DONE
+    assert count(db, Ticket) == 1
+
+
+def test_a_mail_answering_nothing_stored_does_not_wait(
+    db: Database, seed: Seed, timed: Pipeline
+) -> None:
+    # Its answered mail was never received here (or is done and was set aside).
+    reply = receive(
+        db, mail_bytes(subject="Re: old thread", in_reply_to="<never-seen@acme.example>")
+    )
+    assert timed.work_all() == 1
+    assert item(db, reply).state is InboundState.DONE
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_same_mail_from_two_sources_at_once_on_postgresql_is_registered_once(
+    db_url: URL, db: Database, seed: Seed, timed: Pipeline, clock: list[dt.datetime]
+) -> None:
+    raw = mail_bytes(subject="Once", message_id="<once@acme.example>")
+    first = receive(db, raw, ref="<once@acme.example>")
+    copy = receive(db, raw, ref="imap:support:1:7")
+    # Another worker holds the first copy while this one takes the second.
+    original = _claimed_elsewhere(db, clock[0])
+    assert timed.work_all() == 1
+    held = item(db, copy)
+    assert held.state is InboundState.PENDING
+    assert held.reason == (
+        f"waits for inbound {first} (the same mail received earlier through another source)"
+    )
+    timed.process([original])
+    clock[0] += dt.timedelta(seconds=1)
+    assert timed.work_all() == 1
+    assert item(db, copy).state is InboundState.IGNORED
+    assert count(db, Ticket) == 1
