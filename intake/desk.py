@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
+from parsers.verdict import Verdict
 from storage.models import (
     Channel,
     CloseReason,
@@ -113,7 +114,13 @@ _REQUESTER = (
 _TICKETS = _TABLES["tickets"]
 # What a follow-up needs of its ticket, locked until the commit.
 _FOLLOWED_TICKET = (
-    select(_TICKETS.c.number, _TICKETS.c.status, _CONTACTS.c.email, _CONTACTS.c.language)
+    select(
+        _TICKETS.c.number,
+        _TICKETS.c.status,
+        _TICKETS.c.customer_id,
+        _CONTACTS.c.email,
+        _CONTACTS.c.language,
+    )
     .select_from(_TICKETS.outerjoin(_CONTACTS, _CONTACTS.c.id == _TICKETS.c.contact_id))
     .where(_TICKETS.c.id == bindparam("ticket_id"))
     .with_for_update(of=_TICKETS)
@@ -122,6 +129,12 @@ _FOLLOWED_TICKET = (
 _TICKET_ID_BY_NUMBER: tuple[Select[int], ...] = (
     select(_TICKETS.c.id).where(_TICKETS.c.number == bindparam("number")),
     select(_TICKETS.c.id).where(func.upper(_TICKETS.c.number) == bindparam("upper")),
+)
+# Whether the sender may confirm a solution for the ticket's customer.
+_RESPONSIBLE = select(_CONTACTS.c.id).where(
+    _CONTACTS.c.email == bindparam("email"),
+    _CONTACTS.c.customer_id == bindparam("customer_id"),
+    _CONTACTS.c.responsible.is_(True),
 )
 _TOUCH_TICKET = (
     update(_TICKETS)
@@ -374,6 +387,10 @@ class FollowUp:
     in_reply_to: str | None = None
     inbound_id: int | None = None
     matched_by: str = ""
+    # What a customer's mail says of a resolved ticket's solution, and who wrote it (the
+    # address, normalised): only a contact responsible for the customer may confirm.
+    verdict: Verdict | None = None
+    sender_email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -577,8 +594,8 @@ class Desk:
         self, session: Session, ticket_id: int, follow: FollowUp, *, actor: str
     ) -> FollowedUp:
         """Append the customer's message; an answer to our question puts the ticket back in
-        progress. Resolved and closed tickets keep the message and its journal entry only:
-        confirmation and objection are decided by staff for now.
+        progress. On a resolved ticket the mail's verdict decides (``_answer_to_solution``);
+        a closed ticket keeps the message and its journal entry only.
 
         Plain statements, like registration: every reply to our mail comes this way."""
         ticket = session.execute(_FOLLOWED_TICKET, {"ticket_id": ticket_id}).first()
@@ -628,6 +645,22 @@ class Desk:
             mail = self._contact_mail(
                 ticket.email, ticket.language, ticket.number, status, template, event=event
             )
+        elif status is Status.RESOLVED and follow.verdict is not None:
+            # The journal first, then the change it leads to.
+            session.execute(_INSERT_JOURNAL, journal)
+            status, judged = self._answer_to_solution(
+                session, ticket_id, ticket.customer_id, follow, actor
+            )
+            journal = []
+            outbox += [
+                {"ticket_id": ticket_id, **row}
+                for row in self._staff_rows(
+                    ticket.number,
+                    "follow_up",
+                    message=follow.text[:STAFF_EXCERPT_CHARS],
+                    verdict=judged,
+                )
+            ]
         elif status in (Status.NEW, Status.IN_PROGRESS):
             template = "follow_up_received"
             mail = self._contact_mail(
@@ -643,7 +676,7 @@ class Desk:
                 journal.append(self._skipped_row(ticket_id, template))
             else:
                 outbox.append({"ticket_id": ticket_id, **mail})
-        if status is Status.IN_PROGRESS:
+        if status is Status.IN_PROGRESS and ticket.status is not Status.RESOLVED:
             outbox += [
                 {"ticket_id": ticket_id, **row}
                 for row in self._staff_rows(
@@ -653,10 +686,48 @@ class Desk:
         session.execute(
             _TOUCH_TICKET, {"ticket_id": ticket_id, "new_status": status, "touched_at": now}
         )
-        session.execute(_INSERT_JOURNAL, journal)
+        if journal:
+            session.execute(_INSERT_JOURNAL, journal)
         if outbox:
             session.execute(_INSERT_OUTBOX, outbox)
         return FollowedUp(ticket_id, ticket.number, message_id)
+
+    def _answer_to_solution(
+        self, session: Session, ticket_id: int, customer_id: int, follow: FollowUp, actor: str
+    ) -> tuple[Status, str]:
+        """A customer's mail about a resolved ticket (ARCHITECTURE.md, the regulation): a
+        responsible contact's confirmation closes it, an argued objection reopens it, and
+        anything else leaves it resolved (the staff are told of every such mail). The
+        status it is left in, and what was judged (for the staff's notification)."""
+        event, judged = None, "acknowledged"
+        if follow.verdict is Verdict.OBJECTS:
+            event, judged = "reopen", "reopened"
+        elif follow.verdict is Verdict.CONFIRMS:
+            responsible = follow.sender_email is not None and session.execute(
+                _RESPONSIBLE, {"email": follow.sender_email, "customer_id": customer_id}
+            ).first()
+            if responsible:
+                event, judged = "confirm", "confirmed"
+            else:
+                judged = "not_responsible"
+                session.execute(
+                    _INSERT_JOURNAL,
+                    [
+                        self._journal_row(
+                            ticket_id,
+                            actor,
+                            "confirmation_refused",
+                            sender=follow.sender_email or follow.author,
+                            reason="not a responsible contact of the customer",
+                        )
+                    ],
+                )
+        if event is None:
+            return Status.RESOLVED, judged
+        ticket = session.get_one(Ticket, ticket_id)
+        session.refresh(ticket, ["status"])
+        self.apply(session, ticket, event, actor=actor)
+        return ticket.status, judged
 
     def _priority_for(self, request: NewRequest, package: SupportPackage) -> Priority:
         base = PRIORITY_BY_KIND[request.kind]

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from sqlalchemy import Row, bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from intake.desk import Desk, Environment, FollowUp, NewRequest, NotFoundError
+from intake.desk import Desk, DeskError, Environment, FollowUp, NewRequest, NotFoundError
+from intake.directory import normalize_email
 from intake.rules import Decision, Rule, RuleContext, decide
 from intake.senders import SenderPolicy, match_sender
 from parsers.headers import split_header_block
 from parsers.model import Found, ParsedMail
 from parsers.options import DEFAULT_OPTIONS, ParseOptions
 from parsers.request import parse_mail
+from parsers.verdict import verdict
 from storage import blobs, inbound
 from storage.blobs import BlobStore
 from storage.models import (
@@ -183,6 +185,8 @@ class Registrar:
                     in_reply_to=mail.in_reply_to,
                     inbound_id=item.id,
                     matched_by=matched_by,
+                    verdict=verdict(mail.new_text, mail.signature),
+                    sender_email=_address(mail.from_address),
                 ),
                 actor=PIPELINE_ACTOR,
             )
@@ -382,6 +386,14 @@ def _answered(mail: ParsedMail) -> list[str]:
     answered = [mail.in_reply_to] if mail.in_reply_to else []
     answered += [ref for ref in reversed(mail.references) if ref not in answered]
     return answered
+
+
+def _address(raw: str) -> str | None:
+    """The sender's address as contacts are stored, or None when it is not one."""
+    try:
+        return normalize_email(raw)
+    except DeskError:
+        return None
 
 
 def _author(mail: ParsedMail) -> str:

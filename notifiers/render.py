@@ -36,7 +36,7 @@ PARAMETERS: Mapping[str, tuple[str, str]] = {
 }
 
 # Payload keys a template may use; absent ones are empty.
-PAYLOAD_KEYS = ("note", "event", "reason", "previous", "message")
+PAYLOAD_KEYS = ("note", "event", "reason", "previous", "message", "verdict")
 
 CONTEXT_KEYS = frozenset(
     {

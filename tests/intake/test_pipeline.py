@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from intake.desk import Desk
+from intake.directory import add_contact
 from intake.pipeline import Pipeline
 from intake.registrar import Outcome, Prepared, Registrar
 from intake.senders import SenderPolicy
@@ -25,6 +26,7 @@ from storage.db import Database
 from storage.models import (
     Attachment,
     Blob,
+    CloseReason,
     Contact,
     Customer,
     InboundItem,
@@ -700,3 +702,118 @@ def test_the_same_mail_from_two_sources_at_once_on_postgresql_is_registered_once
     assert timed.work_all() == 1
     assert item(db, copy).state is InboundState.IGNORED
     assert count(db, Ticket) == 1
+
+
+# --- the customer's answer to a solution ----------------------------------------------------
+
+
+@pytest.fixture
+def told(db: Database, tmp_path: Path) -> tuple[Desk, Pipeline]:
+    """A desk whose staff chat hears of customers' mail, and a pipeline on it."""
+    desk = Desk(dataclasses.replace(RULES, staff_chats=(100,)))
+    return desk, pipeline_for(db, make_registrar(desk, tmp_path))
+
+
+def _resolved(db: Database, desk: Desk, pipeline: Pipeline) -> Ticket:
+    ticket = registered(db, mail_bytes(subject="Calls drop"), pipeline)
+    with db.transaction() as session:
+        current = session.get_one(Ticket, ticket.id)
+        desk.apply(session, current, "take", actor="alice")
+        desk.apply(session, current, "resolve", actor="alice", note="Update the softphone.")
+    return ticket
+
+
+def _answer(db: Database, pipeline: Pipeline, ticket: Ticket, body: str, **fields: str) -> None:
+    registered(
+        db, mail_bytes(subject=f"Re: [{ticket.number}] Solution", body=body, **fields), pipeline
+    )
+
+
+def _told(db: Database, ticket_id: int) -> list[tuple[str, str | None]]:
+    """What the customer was mailed and the staff told, after the solution."""
+    with db.transaction() as session:
+        rows = session.scalars(
+            select(OutboxItem).where(OutboxItem.ticket_id == ticket_id).order_by(OutboxItem.id)
+        ).all()
+        return [(row.template, (row.payload or {}).get("verdict")) for row in rows][-2:]
+
+
+def _status(db: Database, ticket_id: int) -> tuple[Status, CloseReason | None]:
+    with db.transaction() as session:
+        current = session.get_one(Ticket, ticket_id)
+        return current.status, current.close_reason
+
+
+def test_a_responsible_contacts_confirmation_closes_the_resolved_ticket(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline]
+) -> None:
+    desk, pipeline = told
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, "Добрый день! Подтверждаю, всё работает.")
+    assert _status(db, ticket.id) == (Status.CLOSED, CloseReason.CONFIRMED)
+    journal = _journal(db, ticket.id)
+    assert journal[-2:] == ["follow_up_received", "status_changed"]
+    assert _told(db, ticket.id) == [("status_closed", None), ("follow_up", "confirmed")]
+    with db.transaction() as session:
+        closed = session.get_one(Ticket, ticket.id)
+        assert closed.closed_at is not None
+        assert closed.resolved_at is not None
+
+
+def test_a_confirmation_from_a_contact_who_is_not_responsible_is_recorded_and_staff_told(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline]
+) -> None:
+    desk, pipeline = told
+    with db.transaction() as session:
+        add_contact(session, "Acme", email="boris@acme.example", name="Boris")
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, "Confirmed.", sender="Boris <boris@acme.example>")
+    assert _status(db, ticket.id) == (Status.RESOLVED, None)
+    with db.transaction() as session:
+        refused = session.scalars(
+            select(JournalEntry).where(JournalEntry.action == "confirmation_refused")
+        ).one()
+    assert refused.details["sender"] == "boris@acme.example"
+    assert _told(db, ticket.id)[-1] == ("follow_up", "not_responsible")
+
+
+def test_an_argued_objection_reopens_the_resolved_ticket(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline]
+) -> None:
+    desk, pipeline = told
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, "Не подтверждаю: после обновления софтфон всё так же молчит.")
+    assert _status(db, ticket.id) == (Status.IN_PROGRESS, None)
+    with db.transaction() as session:
+        reopened = session.get_one(Ticket, ticket.id)
+        assert reopened.resolved_at is None
+        last = session.scalars(
+            select(JournalEntry)
+            .where(JournalEntry.ticket_id == ticket.id)
+            .order_by(JournalEntry.id.desc())
+        ).first()
+    assert last is not None
+    assert last.details["event"] == "reopen"
+    assert _told(db, ticket.id) == [("status_in_progress", None), ("follow_up", "reopened")]
+
+
+def test_thanks_leave_the_resolved_ticket_waiting_for_confirmation(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline]
+) -> None:
+    desk, pipeline = told
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, "Thanks, it works!")
+    assert _status(db, ticket.id) == (Status.RESOLVED, None)
+    assert _journal(db, ticket.id)[-1] == "follow_up_received"
+    assert _told(db, ticket.id)[-1] == ("follow_up", "acknowledged")
+
+
+def test_a_reply_to_a_closed_ticket_is_kept_and_changes_nothing(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline]
+) -> None:
+    desk, pipeline = told
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, "Confirmed.")
+    _answer(db, pipeline, ticket, "It is broken again!")
+    assert _status(db, ticket.id) == (Status.CLOSED, CloseReason.CONFIRMED)
+    assert _messages(db, ticket.id)[-1] == "It is broken again!"

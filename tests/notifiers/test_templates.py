@@ -112,6 +112,26 @@ def test_staff_message_renders_escaped_in_each_language(
     assert "<b>bold</b>" not in text
 
 
+@pytest.mark.parametrize(
+    ("language", "verdict", "expected"),
+    [
+        ("en", "confirmed", "Confirmed by a responsible contact: the request is closed."),
+        ("ru", "reopened", "Клиент возражает: заявка снова в работе."),
+        ("en", "not_responsible", "A confirmation from a contact who may not confirm"),
+        ("ru", "acknowledged", "Заявка остаётся решённой и ждёт подтверждения клиента."),
+    ],
+)
+def test_staff_are_told_what_a_customers_answer_to_a_solution_did(
+    db: Database, desk: Desk, seed: Seed, language: str, verdict: str, expected: str
+) -> None:
+    register(db, desk, seed)
+    plain = render_telegram(environment(), "follow_up", _context(db, "follow_up", language))
+    context = _context(db, "follow_up", language, verdict=verdict, message="Confirmed.")
+    text = render_telegram(environment(), "follow_up", context)
+    assert expected in text
+    assert text.splitlines()[0] == plain.splitlines()[0]
+
+
 def test_acknowledgement_tells_what_was_understood_and_asks_only_for_what_is_missing(
     db: Database, desk: Desk, seed: Seed
 ) -> None:
