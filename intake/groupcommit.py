@@ -81,6 +81,10 @@ class GroupCommit(Generic[Item, Result]):
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
         try:
             while self._pending:
+                # One turn of the loop first: the callers just answered and the requests
+                # already read (their handlers ready to run) queue now and share this
+                # batch, rather than each waiting a whole commit for the next one.
+                await asyncio.sleep(0)
                 # A caller that has gone (its task cancelled) before its item was taken
                 # is not written: nobody would be told that it was.
                 taken = self._pending[: self.max_batch]

@@ -111,6 +111,28 @@ async def test_no_caller_is_answered_before_the_commit_that_holds_its_item(
         assert item in durable
 
 
+async def test_callers_that_come_as_a_commit_is_answered_share_the_next_one(
+    executor: ThreadPoolExecutor,
+) -> None:
+    store = FakeStore()
+    late: list[asyncio.Task[str]] = []
+
+    def committed() -> None:
+        # After the first commit, a caller comes in the loop's turn in which it is
+        # answered, as a request read meanwhile whose handler is ready to run.
+        if not late:
+            late.append(asyncio.create_task(writer.write("c")))
+
+    writer = GroupCommit("test", store.write, executor, committed=committed)
+    async with held(store):
+        first = await queued(writer, "a")
+        await asyncio.to_thread(store.entered.wait)
+        rest = await queued(writer, "b")
+    answers = await asyncio.gather(*first, *rest)
+    assert [*answers, await late[0]] == ["A", "B", "C"]
+    assert store.batches == [["a"], ["b", "c"]]
+
+
 async def test_a_batch_is_no_larger_than_max_batch(executor: ThreadPoolExecutor) -> None:
     store = FakeStore()
     writer = GroupCommit("test", store.write, executor, max_batch=2)
