@@ -10,18 +10,30 @@ from __future__ import annotations
 import datetime as dt
 import string
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Row, Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    CTE,
+    Executable,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
 from parsers.verdict import Verdict
+from storage.db import Database
 from storage.models import (
     Channel,
     CloseReason,
@@ -64,6 +76,7 @@ def _next_in_counter(
     counters = _TABLES["counters"]
     return (
         insert(counters)
+        .values(scope=bindparam("scope"), value=1)
         .on_conflict_do_update(
             index_elements=[counters.c.scope], set_={"value": counters.c.value + 1}
         )
@@ -83,17 +96,37 @@ _ON_DUTY = (
     .order_by(_STAFF.c.last_assigned_at.asc().nulls_first(), _STAFF.c.id)
     .limit(1)
 )
-_NEXT_ON_DUTY = {
-    # Two daemons registering at once take different engineers; when every engineer of the
-    # queue is in another's turn, the second query waits for one (a short transaction).
-    # FOR NO KEY UPDATE (key_share): a ticket being inserted that names the engineer holds
-    # a KEY SHARE lock on their row until it commits, which FOR UPDATE would wait for.
-    "postgresql": (
-        _ON_DUTY.with_for_update(skip_locked=True, key_share=True, of=_STAFF),
-        _ON_DUTY.with_for_update(key_share=True, of=_STAFF),
-    ),
-    "sqlite": (_ON_DUTY,),
-}
+
+
+def _turn(*, skip_locked: bool) -> CTE:
+    """PostgreSQL: the round-robin turn taken in one statement, the engineer (id, name).
+
+    Two registrations at once take different engineers (SKIP LOCKED); without it, one
+    that finds every engineer of the queue in another's turn waits for that statement.
+    FOR NO KEY UPDATE (key_share): a ticket being inserted that names the engineer holds
+    a KEY SHARE lock on their row until it commits, which FOR UPDATE would wait for."""
+    candidate = _ON_DUTY.with_for_update(skip_locked=skip_locked, key_share=True, of=_STAFF)
+    chosen = candidate.cte("candidate")
+    return (
+        update(_STAFF)
+        .where(_STAFF.c.id == chosen.c.id)
+        .values(last_assigned_at=bindparam("assigned_at"))
+        .returning(_STAFF.c.id, _STAFF.c.name)
+        .cte("turn")
+    )
+
+
+_FREE_TURN = _turn(skip_locked=True)
+_WAITING_TURN = _turn(skip_locked=False)
+_PG_NUMBER = _NEXT_IN_COUNTER["postgresql"].cte("number")
+# Registration's number and round-robin turn in one statement; ``staffed`` tells a turn
+# that is empty because no one is on duty from one that is empty because every engineer
+# on duty is in another registration's turn, which is then waited for.
+_NUMBER_AND_TURN = select(
+    _PG_NUMBER.c.value, _FREE_TURN.c.id, _FREE_TURN.c.name, _ON_DUTY.exists().label("staffed")
+).select_from(_PG_NUMBER.outerjoin(_FREE_TURN, true()))
+_TAKE_FREE_TURN = select(_FREE_TURN.c.id, _FREE_TURN.c.name)
+_WAIT_FOR_TURN = select(_WAITING_TURN.c.id, _WAITING_TURN.c.name)
 _STAFF_BY_NAME = select(_STAFF.c.id, _STAFF.c.name).where(_STAFF.c.name == bindparam("name"))
 _CUSTOMERS = _TABLES["customers"]
 _CONTACTS = _TABLES["contacts"]
@@ -143,25 +176,27 @@ _TOUCH_TICKET = (
 )
 
 
-@contextmanager
-def _shared_turn(session: Session) -> Iterator[Connection]:
-    """Where a shared counter is taken: a short transaction of its own on PostgreSQL
-    (``Database.side_transaction``), the caller's own otherwise."""
-    database = session.info.get("database")
-    if session.get_bind().dialect.name == "postgresql" and database is not None:
-        with database.side_transaction() as connection:
-            yield connection
-    else:
-        yield session.connection()
+class Engineer(NamedTuple):
+    """A staff member as assignment names them."""
+
+    id: int
+    name: str
 
 
-def _take_turn(connection: Connection, queue: str, now: dt.datetime) -> Row[int, str] | None:
-    for stmt in _NEXT_ON_DUTY[connection.dialect.name]:
-        staff = connection.execute(stmt, {"queue": queue}).first()
-        if staff is not None:
-            connection.execute(_MARK_ASSIGNED, {"staff_id": staff.id, "assigned_at": now})
-            return staff
-    return None
+def _on_its_own(
+    session: Session, statement: Executable, params: Mapping[str, Any]
+) -> Row[Any] | None:
+    """PostgreSQL: a shared counter's ``statement``, committed on its own
+    (``Database.side_statement``); its first row. In the caller's transaction for a
+    session that is not a :class:`Database`'s."""
+    database: Database | None = session.info.get("database")
+    if database is not None:
+        return database.side_statement(statement, params)
+    return session.connection().execute(statement, params).first()
+
+
+def _engineer(row: Row[Any] | None) -> Engineer | None:
+    return Engineer(row.id, row.name) if row is not None and row.id is not None else None
 
 
 class DeskError(Exception):
@@ -430,22 +465,39 @@ class Desk:
     # numbers ------------------------------------------------------------------------------
 
     def allocate_number(self, session: Session, now: dt.datetime) -> str:
-        """Next registration number: unique, never reused; a rollback leaves a gap.
+        """Next registration number: unique, never reused; a rollback leaves a gap."""
+        return self._number_and_turn(session, now, queue=None)[0]
 
-        On SQLite it is taken in the caller's transaction (one writer: nothing to wait
-        for). On PostgreSQL it is taken in a short transaction of its own
-        (:func:`_shared_turn`), so that the counter's row lock is not held until the
-        caller's commit while every other worker and daemon queues behind it.
+    def _number_and_turn(
+        self, session: Session, now: dt.datetime, *, queue: str | None
+    ) -> tuple[str, Engineer | None]:
+        """The next registration number and, for a ``queue``, the round-robin turn in it.
+
+        On SQLite both are taken in the caller's transaction (one writer: nothing to wait
+        for). On PostgreSQL both are taken in one statement committed on its own, so that
+        the counter's and the engineer's row locks are not held until the caller's commit
+        while every other worker and daemon queues behind them; what it takes stays taken
+        when the caller rolls back (see :meth:`next_on_duty`).
         """
-        with _shared_turn(session) as connection:
-            return self._next_number(connection, now)
-
-    def _next_number(self, connection: Connection, now: dt.datetime) -> str:
         year = now.astimezone(self.zone).year
         scope = str(year) if number_scope(self.rules.number_format) == "year" else "all"
-        stmt = _NEXT_IN_COUNTER[connection.dialect.name]
-        seq = connection.execute(stmt, {"scope": scope, "value": 1}).scalar_one()
-        return self.rules.number_format.format(year=year, seq=seq)
+        params = {"scope": scope, "queue": queue, "assigned_at": now}
+        engineer = None
+        if session.get_bind().dialect.name == "sqlite":
+            if queue is not None:
+                engineer = self.next_on_duty(session, queue, now)
+            seq = session.connection().execute(_NEXT_IN_COUNTER["sqlite"], params).scalar_one()
+        elif queue is None:
+            taken = _on_its_own(session, _NEXT_IN_COUNTER["postgresql"], params)
+            assert taken is not None  # an upsert's RETURNING always has its row
+            seq = taken.value
+        else:
+            taken = _on_its_own(session, _NUMBER_AND_TURN, params)
+            assert taken is not None
+            seq, engineer = taken.value, _engineer(taken)
+            if engineer is None and taken.staffed:
+                engineer = _engineer(_on_its_own(session, _WAIT_FOR_TURN, params))
+        return self.rules.number_format.format(year=year, seq=seq), engineer
 
     # registration -------------------------------------------------------------------------
 
@@ -476,21 +528,18 @@ class Desk:
         package = self.rules.package(requester.package)
         priority = request.priority or self._priority_for(request, package)
         queue = request.queue or self.rules.default_queue
-        assignee: Row[int, str] | None
+        assignee: Row[int, str] | Engineer | None
         if request.assignee:
             assignee = session.execute(_STAFF_BY_NAME, {"name": request.assignee}).first()
             if assignee is None:
                 raise NotFoundError(f"no staff member {request.assignee!r}")
-            rule = "explicit"
+            number, rule = self.allocate_number(session, now), "explicit"
+        else:
+            number, assignee = self._number_and_turn(session, now, queue=queue)
+            rule = "round-robin"
         env = request.environment
         subject = request.subject.strip() or "(no subject)"
         response_due_at, resolution_due_at = _due_times(now, priority, package)
-        # The round-robin turn and the number in one short transaction on PostgreSQL
-        # (see allocate_number and next_on_duty); in the caller's on SQLite.
-        with _shared_turn(session) as connection:
-            if not request.assignee:
-                assignee, rule = _take_turn(connection, queue, now), "round-robin"
-            number = self._next_number(connection, now)
         ticket_id = session.execute(
             _INSERT_TICKET,
             {
@@ -547,7 +596,7 @@ class Desk:
         ]
         if assignee is not None:
             if rule == "explicit":
-                # A round-robin pick took its turn already (next_on_duty).
+                # A round-robin pick took its turn already (_number_and_turn).
                 session.execute(_MARK_ASSIGNED, {"staff_id": assignee.id, "assigned_at": now})
             journal.append(
                 self._journal_row(
@@ -863,17 +912,25 @@ class Desk:
         session.flush()
         return ticket
 
-    def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Row[int, str] | None:
-        """Round-robin: the on-duty engineer (id, name) of ``queue`` who was assigned
-        longest ago; their turn is taken (``last_assigned_at`` = ``now``).
+    def next_on_duty(self, session: Session, queue: str, now: dt.datetime) -> Engineer | None:
+        """Round-robin: the on-duty engineer of ``queue`` who was assigned longest ago;
+        their turn is taken (``last_assigned_at`` = ``now``).
 
-        On PostgreSQL the turn is taken in a short transaction of its own, like the
+        On PostgreSQL the turn is taken in a statement committed on its own, like the
         number: two registrations at once take different engineers (SKIP LOCKED), and
         one that finds every engineer of the queue in another's turn waits for it rather
         than leave its ticket unassigned. A rolled-back registration keeps the turn taken.
         """
-        with _shared_turn(session) as connection:
-            return _take_turn(connection, queue, now)
+        params = {"queue": queue, "assigned_at": now}
+        if session.get_bind().dialect.name != "sqlite":
+            return _engineer(_on_its_own(session, _TAKE_FREE_TURN, params)) or _engineer(
+                _on_its_own(session, _WAIT_FOR_TURN, params)
+            )
+        staff = session.execute(_ON_DUTY, params).first()
+        if staff is None:
+            return None
+        session.execute(_MARK_ASSIGNED, {"staff_id": staff.id, "assigned_at": now})
+        return Engineer(staff.id, staff.name)
 
     def _assign(
         self, session: Session, ticket: Ticket, staff: Staff, actor: str, *, rule: str = "explicit"

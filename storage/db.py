@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, Executable, Row, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -41,7 +42,13 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_db_engine(url: str | URL, *, pool_size: int = 5) -> Engine:
+def create_db_engine(
+    url: str | URL, *, pool_size: int = 5, pre_ping: bool = True, autocommit: bool = False
+) -> Engine:
+    """An engine for ``url``: SQLite (WAL, one writer) or PostgreSQL (psycopg 3).
+
+    ``pre_ping`` checks each connection before it is handed out; ``autocommit`` (PostgreSQL)
+    commits every statement on its own, without BEGIN and COMMIT round trips."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -57,8 +64,15 @@ def create_db_engine(url: str | URL, *, pool_size: int = 5) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        # AUTOCOMMIT as the connections' own level, set once when each is made: as an
+        # execution option it would be set and reset at every checkout.
+        options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
         return create_engine(
-            parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=pre_ping,
+            **options,
         )
     raise StorageError(f"unsupported database {parsed.get_backend_name()!r}")
 
@@ -67,6 +81,13 @@ def _asynchronous_commit(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")
     dbapi_connection.commit()
+
+
+def _first_row(
+    engine: Engine, statement: Executable, parameters: Mapping[str, Any]
+) -> Row[Any] | None:
+    with engine.connect() as connection:
+        return connection.execute(statement, parameters).first()
 
 
 class Database:
@@ -100,9 +121,10 @@ class Database:
         with self._writer, self.sessions() as session, session.begin():
             yield session
 
-    @contextmanager
-    def side_transaction(self) -> Iterator[Connection]:
-        """A short transaction of its own beside the caller's, committed at once.
+    def side_statement(
+        self, statement: Executable, parameters: Mapping[str, Any]
+    ) -> Row[Any] | None:
+        """Run one statement in a transaction of its own, committed at once; its first row.
 
         For a shared counter (registration numbers, the round-robin turn) on PostgreSQL:
         taken in the caller's long transaction, its row lock would be held until that
@@ -110,18 +132,32 @@ class Database:
         come from a small pool of their own, so they never wait for the main pool, which
         long transactions hold. What it writes stays when the caller rolls back.
 
-        On PostgreSQL it commits without waiting for its WAL to reach the disk
-        (``synchronous_commit = off``): what it wrote becomes durable with the next
-        synchronous commit of any transaction, which flushes the WAL up to that point.
-        So it is for what the caller's own commit depends on: a number that a crash
-        loses was never given to a committed ticket."""
+        One statement, in autocommit: one round trip, where a transaction around it would
+        take three, and its row locks last only as long as the statement. It commits
+        without waiting for its WAL to reach the disk (``synchronous_commit = off``): what
+        it wrote becomes durable with the next synchronous commit of any transaction,
+        which flushes the WAL up to that point. So it is for what the caller's own commit
+        depends on: a number that a crash loses was never given to a committed ticket.
+
+        The pool's connections are not pinged before each use (a round trip of its own);
+        one that the server has dropped meanwhile (a restart, an idle timeout) fails the
+        statement, and it runs once more on a fresh connection. Running it twice is safe
+        for a shared counter: at worst a number is skipped or a turn used up, as after a
+        rollback."""
         with self._side_lock:
             if self._side is None:
-                self._side = create_db_engine(self.engine.url, pool_size=2)
+                self._side = create_db_engine(
+                    self.engine.url, pool_size=2, pre_ping=False, autocommit=True
+                )
                 if self._side.dialect.name == "postgresql":
                     event.listen(self._side, "connect", _asynchronous_commit)
-        with self._side.begin() as connection:
-            yield connection
+            side = self._side
+        try:
+            return _first_row(side, statement, parameters)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return _first_row(side, statement, parameters)
 
     def dispose(self) -> None:
         self.engine.dispose()

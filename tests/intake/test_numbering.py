@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL
 
 from intake.desk import Desk, DeskRules, NewRequest
@@ -190,3 +191,101 @@ def test_a_long_transaction_does_not_leave_another_daemons_ticket_unassigned(
         ticket = session.scalars(select(Ticket).where(Ticket.id == second.id)).one()
         assert ticket.assignee is not None
         assert ticket.assignee.name == "anna"
+
+
+def _assignee_of(db: Database, ticket_id: int) -> str | None:
+    with db.transaction() as session:
+        ticket = session.get_one(Ticket, ticket_id)
+        return ticket.assignee.name if ticket.assignee else None
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_registration_takes_its_number_and_turn_in_one_statement_of_its_own(
+    db: Database, seed: Seed
+) -> None:
+    # Each statement is a round trip and a share of the daemon's one core; a transaction
+    # around them would be two more (BEGIN, COMMIT), and a ping before it one more.
+    with db.transaction() as session:
+        add_staff(session, "anna", queues=["support"], on_duty=True)
+    shared: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "counters" in statement or "staff" in statement:
+            shared.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        with db.transaction() as session:
+            ticket_id = Desk(RULES).register(session, _request(seed, "x"), actor="test").id
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert len(shared) == 1
+    assert "INSERT INTO counters" in shared[0]
+    assert "UPDATE staff" in shared[0]
+    assert _assignee_of(db, ticket_id) == "anna"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_registration_waits_for_an_engineer_whose_turn_another_is_taking(
+    db_url: URL, db: Database, seed: Seed
+) -> None:
+    # The only engineer on duty is locked by another daemon taking their turn: the ticket
+    # waits for them rather than stay unassigned.
+    with db.transaction() as session:
+        add_staff(session, "anna", queues=["support"], on_duty=True)
+    holder = create_engine(db_url)
+    registered: list[Ticket] = []
+    try:
+        with holder.begin() as other:
+            other.execute(text("SELECT id FROM staff WHERE name = 'anna' FOR NO KEY UPDATE"))
+            second = threading.Thread(
+                target=lambda: registered.append(
+                    _register_with_lock_timeout(Desk(RULES), seed, "second")(db)
+                )
+            )
+            second.start()
+            _wait_until_a_backend_waits_for_a_lock(holder)
+        second.join(timeout=60)
+    finally:
+        holder.dispose()
+    assert len(registered) == 1
+    assert _assignee_of(db, registered[0].id) == "anna"
+
+
+def _wait_until_a_backend_waits_for_a_lock(engine: Engine) -> None:
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 30
+    # A lock wait has no event to await; pg_stat_activity is looked at until it shows one,
+    # each time in a transaction of its own (a transaction keeps the view it first saw).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        while connection.execute(waiting).scalar_one() == 0:
+            assert time.monotonic() < deadline, "the registration never waited for the turn"
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_shared_counter_survives_its_connection_being_dropped(
+    db_url: URL, db: Database, seed: Seed
+) -> None:
+    # The side pool's connections are not pinged before use; one that the server dropped
+    # (a restart, an idle timeout) must not fail a registration.
+    desk = Desk(RULES, clock=lambda: dt.datetime(2026, 5, 1, 12, tzinfo=dt.UTC))
+    assert _register_at(db, desk, seed) == "OV-2026-000001"
+    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            # With a timeout, pg_terminate_backend returns once the backend has gone.
+            dropped = connection.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) "
+                    "FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert dropped >= 1
+    assert _register_at(db, desk, seed) == "OV-2026-000002"
