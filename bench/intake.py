@@ -286,9 +286,11 @@ def throughput(url: str, n: int, workers: int, results: Any) -> None:
         for event in ready:
             await asyncio.to_thread(event.wait)
         started = time.perf_counter()
+        cpu_started = time.process_time()
         go.set()
         await _wait_finished(db, n)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         for sender in senders:
             await asyncio.to_thread(sender.join)
         with db.transaction() as session:
@@ -301,6 +303,7 @@ def throughput(url: str, n: int, workers: int, results: Any) -> None:
             )
         return {
             "elapsed": elapsed,
+            "cpu": cpu,
             "tickets": tickets,
             "follow_ups": (messages or 0) - (tickets or 0),
             "states": {k.value: v for k, v in states.items()},
@@ -591,6 +594,11 @@ def main() -> None:
         "--imap-messages", type=int, default=100, help="APPENDed for the IMAP latency; 0: none"
     )
     parser.add_argument("--imap-pause", type=float, default=0.2, help="seconds between two APPENDs")
+    parser.add_argument(
+        "--only",
+        choices=("sqlite", "postgresql"),
+        help="measure the throughput on this database alone (default: both)",
+    )
     args = parser.parse_args()
     if args.imap_messages == 1:
         parser.error("--imap-messages: 0 (none) or at least 2, for percentiles")
@@ -606,14 +614,16 @@ def main() -> None:
         f"our parse_mail: {ours:.2f} s ({n / ours:.0f} messages/s)"
     )
 
-    lite = _in_child(throughput, "sqlite:///STATE/intake.sqlite3", n, 1)
-    _report("SQLite", n, lite, baseline, target=150)
-    url, drop = _postgres_database()
-    try:
-        pg = _in_child(throughput, url, n, args.workers)
-    finally:
-        drop()
-    _report(f"PostgreSQL ({args.workers} workers)", n, pg, baseline, target=100)
+    if args.only != "postgresql":
+        lite = _in_child(throughput, "sqlite:///STATE/intake.sqlite3", n, 1)
+        _report("SQLite", n, lite, baseline, target=150)
+    if args.only != "sqlite":
+        url, drop = _postgres_database()
+        try:
+            pg = _in_child(throughput, url, n, args.workers)
+        finally:
+            drop()
+        _report(f"PostgreSQL ({args.workers} workers)", n, pg, baseline, target=100)
 
     if args.imap_messages:
         imap = _in_child(
@@ -662,6 +672,7 @@ def _report(name: str, n: int, result: dict[str, Any], baseline: float, *, targe
         f"{rate:.0f} messages/s (target >= {target}); {result['tickets']} tickets, "
         f"{result['follow_ups']} follow-ups, states {result['states']}; "
         f"end to end = {result['elapsed'] / baseline:.1f}x the stdlib parse; "
+        f"daemon CPU {result['cpu'] / n * 1000:.1f} ms/message; "
         f"daemon peak RSS {result['peak_rss_mb']:.0f} MB"
     )
 
