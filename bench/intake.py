@@ -10,6 +10,8 @@ follow-up or set aside. Prints, from one run:
   in a process of its own),
 - the time the standard library alone needs to parse the same messages
   (``email.message_from_bytes``), next to the end-to-end time,
+- a floor for that comparison: the same senders against aiosmtpd answering 250 to every
+  message without keeping it, the least that any intake built on aiosmtpd can take,
 - the latency of the IMAP source on SQLite, reading by IDLE a throw-away Dovecot on a
   loopback port: ``--imap-messages`` new requests of the corpus are APPENDed one at a time,
   each timed from APPEND's OK to its registered ticket (p50, p95, max),
@@ -37,12 +39,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from email.parser import BytesHeaderParser
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from typing import Any
 
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from imapclient import IMAPClient
 from PIL import Image
 from sqlalchemy import Engine, Select, create_engine, func, select, text
@@ -270,29 +273,68 @@ async def _wait_finished(db: Database, n: int) -> None:
         observer.dispose()
 
 
+async def _send_corpus(
+    port: int, n: int, done: Callable[[], Awaitable[None]] | None = None
+) -> tuple[float, float]:
+    """The corpus sent over SENDER_CONNECTIONS connections, a process each, all at once:
+    the seconds and this process's CPU seconds from the start until ``done`` returns (by
+    default, until the senders have their last answer)."""
+    spawn = multiprocessing.get_context("spawn")
+    ready = [spawn.Event() for _ in range(SENDER_CONNECTIONS)]
+    go = spawn.Event()
+    senders = [
+        spawn.Process(target=_send, args=(port, k, SENDER_CONNECTIONS, n, ready[k], go))
+        for k in range(SENDER_CONNECTIONS)
+    ]
+    for sender in senders:
+        sender.start()
+    for event in ready:
+        await asyncio.to_thread(event.wait)
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    go.set()
+    await (done() if done is not None else _joined(senders))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    await _joined(senders)
+    return elapsed, cpu
+
+
+async def _joined(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    for process in processes:
+        await asyncio.to_thread(process.join)
+
+
+class _Sink:
+    """aiosmtpd's handler that keeps nothing: every message is answered 250 at once."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+
+def floor(n: int, results: Any) -> None:
+    """In a child process: the same senders against aiosmtpd answering 250 to every message
+    without storing or parsing it, the least any SMTP intake built on it can cost."""
+
+    async def measure() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(_Sink(), data_size_limit=64 * 1024 * 1024), "127.0.0.1", 0
+        )
+        try:
+            elapsed, cpu = await _send_corpus(server.sockets[0].getsockname()[1], n)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return {"elapsed": elapsed, "cpu": cpu}
+
+    results.put(asyncio.run(measure()))
+
+
 def throughput(url: str, n: int, workers: int, results: Any) -> None:
     """In a child process: n messages over SMTP into tickets; messages/s and peak RSS."""
-    spawn = multiprocessing.get_context("spawn")
 
     async def measure(db: Database, port: int) -> dict[str, Any]:
-        ready = [spawn.Event() for _ in range(SENDER_CONNECTIONS)]
-        go = spawn.Event()
-        senders = [
-            spawn.Process(target=_send, args=(port, k, SENDER_CONNECTIONS, n, ready[k], go))
-            for k in range(SENDER_CONNECTIONS)
-        ]
-        for sender in senders:
-            sender.start()
-        for event in ready:
-            await asyncio.to_thread(event.wait)
-        started = time.perf_counter()
-        cpu_started = time.process_time()
-        go.set()
-        await _wait_finished(db, n)
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-        for sender in senders:
-            await asyncio.to_thread(sender.join)
+        elapsed, cpu = await _send_corpus(port, n, lambda: _wait_finished(db, n))
         with db.transaction() as session:
             tickets = session.scalar(select(func.count()).select_from(Ticket))
             messages = session.scalar(select(func.count()).select_from(Message))
@@ -614,6 +656,12 @@ def main() -> None:
         f"our parse_mail: {ours:.2f} s ({n / ours:.0f} messages/s)"
     )
 
+    sink = _in_child(floor, n)
+    print(
+        f"floor: the same senders against aiosmtpd answering 250 and keeping nothing: "
+        f"{sink['elapsed']:.2f} s = {sink['elapsed'] / baseline:.1f}x the stdlib parse "
+        f"(target for the whole way: 1.5x); its CPU {sink['cpu'] / n * 1000:.1f} ms/message"
+    )
     if args.only != "postgresql":
         lite = _in_child(throughput, "sqlite:///STATE/intake.sqlite3", n, 1)
         _report("SQLite", n, lite, baseline, target=150)
