@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from intake.registrar import Prepared, Registrar
+from intake.registrar import Mark, Prepared, Registrar
 from storage import inbound
 from storage.db import Database
 from storage.models import InboundItem, InboundState, utcnow
@@ -79,6 +79,9 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clock = clock
         self.gather = gather
+        # The workers' turn at claiming (see _work); at start, what is due is claimed at once.
+        self._turn = asyncio.Lock()
+        self._backlog = True
 
     async def run(self, stopping: asyncio.Event) -> None:
         # Threads of their own: a busy pipeline must not hold up the SMTP listener's writes
@@ -93,32 +96,59 @@ class Pipeline:
             executor.shutdown(wait=False)
 
     async def _work(self, stopping: asyncio.Event, executor: ThreadPoolExecutor) -> None:
+        """One worker. The workers take turns at waiting for mail and claiming it: while
+        mail trickles in, the one whose turn it is keeps it through its batch and the pause
+        after it, so that what arrives meanwhile gathers into its next batch rather than
+        into a mail or two for each worker (a batch's claim, checks and commit serve all
+        its mails). A full batch means a backlog: its worker passes the turn on at once,
+        and the next one claims too."""
         loop = asyncio.get_running_loop()
         while not stopping.is_set():
-            # Cleared before looking, so that an item stored meanwhile wakes us again.
-            self.wakeup.clear()
+            await self._turn.acquire()
+            turn = True
             try:
-                done = await loop.run_in_executor(
-                    executor, self.work_all, lambda: not stopping.is_set()
-                )
-            except Exception:
-                log.exception(
-                    "cannot claim inbound items; trying again in %.0f s", self.poll_interval
-                )
+                if not self._backlog:
+                    await _first_of(self.wakeup, stopping, wait=self.poll_interval)
+                if stopping.is_set():
+                    return
+                # Cleared before looking, so that an item stored meanwhile wakes us again.
+                self.wakeup.clear()
                 done = 0
-            if done and self.gather:
-                # Mail is arriving: a moment's wait lets it gather into the next batch,
-                # whose claim, checks and commit then serve several mails, not one or two.
-                await _first_of(asyncio.Event(), stopping, wait=self.gather)
-            await _first_of(self.wakeup, stopping, wait=self.poll_interval)
+                try:
+                    items = await loop.run_in_executor(executor, self._claim_batch)
+                    self._backlog = len(items) == BATCH
+                    if self._backlog:
+                        self._turn.release()
+                        turn = False
+                    done = await loop.run_in_executor(
+                        executor, self._work_through, items, lambda: not stopping.is_set()
+                    )
+                except Exception:
+                    log.exception(
+                        "cannot claim inbound items; trying again in %.0f s", self.poll_interval
+                    )
+                    self._backlog = False
+                if done and self.gather and turn:
+                    # Mail is arriving: a moment's wait lets it gather into the next batch.
+                    await _first_of(asyncio.Event(), stopping, wait=self.gather)
+            finally:
+                if turn:
+                    self._turn.release()
 
     def work_all(self, keep_going: Callable[[], bool] = lambda: True) -> int:
         """Process due items, batch after batch, until a batch comes out short (or
         ``keep_going`` says stop); how many. What is stored meanwhile waits for the next
         call, which the worker makes after letting it gather."""
-        count = 0
+        return self._work_through(self._claim_batch(), keep_going)
+
+    def _claim_batch(self) -> Sequence[InboundItem]:
         with self.db.transaction() as session:
-            items = self._claim(session)
+            return self._claim(session)
+
+    def _work_through(
+        self, items: Sequence[InboundItem], keep_going: Callable[[], bool] = lambda: True
+    ) -> int:
+        count = 0
         while items:
             count += len(items)
             # A full batch means a backlog: the next is claimed in the same transaction.
@@ -165,15 +195,17 @@ class Pipeline:
         try:
             with self.db.transaction() as session:
                 ours = self._still_ours(session, items)
+                marks = _Marks()
                 for item, work in zip(items, prepared, strict=True):
                     if item.id in ours:
-                        self._apply(session, item, work, guarded=guarded)
+                        self._apply(session, item, work, marks, guarded=guarded)
                     else:
                         log.warning(
                             "%s: inbound %d was taken over by another worker; left to it",
                             _label(item, work),
                             item.id,
                         )
+                marks.write(session)
                 following = self._claim(session) if claim_next else ()
         except Exception as exc:
             if not guarded:
@@ -207,19 +239,29 @@ class Pipeline:
             return exc
 
     def _apply(
-        self, session: Session, item: InboundItem, work: Prepared | Exception, *, guarded: bool
+        self,
+        session: Session,
+        item: InboundItem,
+        work: Prepared | Exception,
+        marks: _Marks,
+        *,
+        guarded: bool,
     ) -> None:
         """The unit of work: one item. ``guarded``, in a savepoint of the batch's
-        transaction, and a failure is recorded on the item; else a failure fails the batch."""
+        transaction, and a failure is recorded on the item; else a failure fails the batch.
+        The item's mark is kept only once its work is through, and written with the
+        batch's (``marks``) in the same transaction."""
         label = _label(item, work)
         if isinstance(work, Prepared) and not guarded:
-            outcome = self.registrar.apply(session, item, work)
+            outcome = self.registrar.apply(session, item, work, settled=marks.settled)
+            marks.add(item.id, outcome.mark)
             log.info("%s: %s", label, outcome.summary)
             return
         if isinstance(work, Prepared):
             try:
                 with session.begin_nested():
-                    outcome = self.registrar.apply(session, item, work)
+                    outcome = self.registrar.apply(session, item, work, settled=marks.settled)
+                marks.add(item.id, outcome.mark)
                 log.info("%s: %s", label, outcome.summary)
                 return
             except Exception as exc:
@@ -263,6 +305,33 @@ class Pipeline:
         except Exception:
             # The lease runs out and the item is claimed again: nothing is lost.
             log.exception("%s: cannot record the failure of inbound %d", label, item.id)
+
+
+class _Marks:
+    """The outcomes of a batch's items, written at the end of its transaction: one
+    statement for those done and one for those set aside, where each item took one."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[int, int | None]] = []
+        self.ignored: list[tuple[int, str]] = []
+        self.tickets: dict[int, int] = {}
+        # What the registrar must not wait for: marked, though not written yet.
+        self.settled: set[int] = set()
+
+    def add(self, item_id: int, mark: Mark | None) -> None:
+        if mark is None:
+            return
+        self.settled.add(item_id)
+        if mark.ignored is None:
+            self.done.append((item_id, mark.ticket_id))
+            return
+        self.ignored.append((item_id, mark.ignored))
+        if mark.ticket_id is not None:
+            self.tickets[item_id] = mark.ticket_id
+
+    def write(self, session: Session) -> None:
+        inbound.done_batch(session, self.done)
+        inbound.ignored_batch(session, self.ignored, ticket_of=self.tickets)
 
 
 def _label(item: InboundItem, work: Prepared | Exception | None) -> str:

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Integer,
+    Select,
+    bindparam,
+    insert,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from intake.desk import Desk, DeskError, Environment, FollowUp, NewRequest, NotFoundError
@@ -46,19 +59,47 @@ log = logging.getLogger(__name__)
 
 # Asked of every mail; built once.
 _INSERT_ATTACHMENTS = insert(Attachment.metadata.tables["attachments"])
-_REGISTERED_MAIL = (
-    select(Ticket.id, Ticket.number)
-    .join(Message, Message.ticket_id == Ticket.id)
-    .where(Message.message_id == bindparam("message_id"), Message.direction == Direction.IN)
-    .limit(1)
-)
-# Which tickets the mails that a reply answers belong to: ours (outbox) and the customer's.
-_OWNERS_OF = [
-    select(model.message_id, model.ticket_id).where(
-        model.message_id.in_(bindparam("answered", expanding=True))
-    )
-    for model in (OutboxItem, Message)
-]
+# What decides a mail's fate, asked in one statement (Registrar._look_up), so that it is also
+# one snapshot: the items still in the inbound store that it may wait for (first: their
+# columns type the result), the ticket of the same mail registered before, and the tickets
+# of the mails it answers, ours (outbox) and the customer's. ``kind`` tells the rows apart.
+_UNFINISHED, _REGISTERED, _OURS, _THEIRS = range(4)
+
+
+def _kind(kind: int) -> ColumnElement[int]:
+    return literal_column(str(kind), Integer).label("kind")
+
+
+@functools.lru_cache(maxsize=8)
+def _look_up_statement(*, waits: bool, registered: bool, answers: bool) -> Executable:
+    """The look-up with only the parts that the mail asks (most mails answer nothing, and
+    on SQLite nothing waits for its copies), built once per shape."""
+    parts: list[Select[*tuple[Any, ...]]] = []
+    if waits:
+        parts.append(inbound.UNFINISHED.add_columns(_kind(_UNFINISHED), null().label("number")))
+    if registered:
+        parts.append(
+            select(
+                Ticket.id,
+                Message.message_id,
+                null(),
+                null(),
+                null(),
+                _kind(_REGISTERED),
+                Ticket.number,
+            )
+            .join(Message, Message.ticket_id == Ticket.id)
+            .where(Message.message_id == bindparam("message_id"), Message.direction == Direction.IN)
+        )
+    if answers:
+        parts += [
+            select(
+                model.ticket_id, model.message_id, null(), null(), null(), _kind(kind), null()
+            ).where(model.message_id.in_(bindparam("answered", expanding=True)))
+            for kind, model in ((_OURS, OutboxItem), (_THEIRS, Message))
+        ]
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
 
 PIPELINE_ACTOR = "pipeline"
 # A mail waits (Registrar._waits) in steps of WAIT_STEP, and at most WAIT_LIMIT after its
@@ -94,9 +135,35 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """How the inbound item ends: done, or ``ignored`` with that reason; with the ticket it
+    belongs to or concerns, if any (a duplicate's, a bounce's)."""
+
+    ticket_id: int | None
+    ignored: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     ticket_number: str | None
     summary: str
+    # None when the item was put back to wait (Registrar._waits), which is written at once.
+    mark: Mark | None = None
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the store knows of a mail's Message-IDs (Registrar._look_up)."""
+
+    registered: tuple[int, str] | None
+    owners: dict[str, int]
+    unfinished: list[inbound.Unfinished]
+
+
+@dataclass(frozen=True)
+class _Wait:
+    reason: str
+    until: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -154,23 +221,43 @@ class Registrar:
         ]
         return tuple(stored)
 
-    def apply(self, session: Session, item: InboundItem, prepared: Prepared) -> Outcome:
+    def apply(
+        self,
+        session: Session,
+        item: InboundItem,
+        prepared: Prepared,
+        *,
+        settled: Collection[int] = (),
+    ) -> Outcome:
+        """The desk's work for the mail, in the caller's transaction. The caller marks the
+        item as the outcome says, in the same transaction; ``settled`` are the items that
+        it has marked so far without writing it yet (see ``_waits``)."""
         mail = prepared.mail
         if prepared.decision is not None:
-            return self._set_aside(session, item, prepared.decision, mail)
-        duplicate = self._already_registered(session, mail.message_id)
-        if duplicate is not None:
-            inbound.ignored(
-                session,
-                item,
-                reason=f"duplicate: already registered in {duplicate.number}",
-                ticket_id=duplicate.id,
+            return self._set_aside(session, prepared.decision, mail)
+        answered = _answered(mail)
+        copies = bool(mail.message_id) and session.get_bind().dialect.name == "postgresql"
+        seen = self._look_up(session, item, mail, answered, copies=copies)
+        if seen.registered is not None:
+            ticket_id, number = seen.registered
+            return Outcome(
+                number,
+                f"duplicate of a message in {number}",
+                Mark(ticket_id, ignored=f"duplicate: already registered in {number}"),
             )
-            return Outcome(duplicate.number, f"duplicate of a message in {duplicate.number}")
-        found = self._ticket_for_follow_up(session, mail)
-        waits = self._waits(session, item, mail, answers=found is None)
+        found = self._ticket_for_follow_up(session, mail, answered, seen.owners)
+        asked = answered if found is None else []
+        if copies and mail.message_id:
+            asked = [*asked, mail.message_id]
+        unfinished = [
+            other
+            for other in seen.unfinished
+            if other.message_id in asked and other.id not in settled
+        ]
+        waits = self._waits(item, mail, unfinished, copies=copies)
         if waits is not None:
-            return waits
+            inbound.hold(session, item, reason=waits.reason, until=waits.until)
+            return Outcome(None, f"{waits.reason}; again at {waits.until:%H:%M:%S}")
         if found is not None:
             ticket_id, matched_by = found
             followed = self.desk.add_follow_up(
@@ -191,14 +278,13 @@ class Registrar:
                 actor=PIPELINE_ACTOR,
             )
             self._attach(session, followed.message_id, prepared.files)
-            inbound.done(session, item, ticket_id=ticket_id)
             number = followed.number
-            return Outcome(number, f"follow-up to {number} (by {matched_by})")
+            return Outcome(number, f"follow-up to {number} (by {matched_by})", Mark(ticket_id))
         sender = match_sender(
             session, mail.from_address, mail.sender_name, mail.language, self.policy
         )
         if sender.customer_id is None:
-            return self._refuse(session, item, mail, answer=sender.contactable)
+            return self._refuse(session, mail, answer=sender.contactable)
         registration = self.desk.register_request(
             session,
             NewRequest(
@@ -220,26 +306,65 @@ class Registrar:
             actor=PIPELINE_ACTOR,
         )
         self._attach(session, registration.message_id, prepared.files)
-        inbound.done(session, item, ticket_id=registration.ticket_id)
         number = registration.number
-        return Outcome(number, f"registered {number} (sender: {sender.matched_by})")
+        return Outcome(
+            number,
+            f"registered {number} (sender: {sender.matched_by})",
+            Mark(registration.ticket_id),
+        )
 
     # follow-ups ---------------------------------------------------------------------------
 
-    def _ticket_for_follow_up(self, session: Session, mail: ParsedMail) -> tuple[int, str] | None:
+    def _look_up(
+        self,
+        session: Session,
+        item: InboundItem,
+        mail: ParsedMail,
+        answered: Sequence[str],
+        *,
+        copies: bool,
+    ) -> _Seen:
+        """What the store knows of the mail's Message-IDs: the ticket of the same mail
+        received through another source (SMTP and IMAP: it is one request), the owners of
+        the mails it answers, and the unfinished items it may wait for: those it answers,
+        and with ``copies`` its own copies."""
+        waited_for = [*answered, mail.message_id] if copies and mail.message_id else answered
+        if not mail.message_id and not waited_for:
+            return _Seen(None, {}, [])
+        statement = _look_up_statement(
+            waits=bool(waited_for), registered=bool(mail.message_id), answers=bool(answered)
+        )
+        rows = session.execute(
+            statement,
+            {
+                "message_ids": waited_for,
+                "besides": item.id,
+                "message_id": mail.message_id,
+                "answered": answered,
+            },
+        ).all()
+        registered = None
+        ours: dict[str, int] = {}
+        theirs: dict[str, int] = {}
+        for row in rows:
+            if row.kind == _REGISTERED:
+                registered = registered or (row.id, row.number)
+            elif row.kind != _UNFINISHED and row.message_id is not None and row.id is not None:
+                (ours if row.kind == _OURS else theirs).setdefault(row.message_id, row.id)
+        return _Seen(
+            registered,
+            theirs | ours,
+            inbound.unfinished(row for row in rows if row.kind == _UNFINISHED),
+        )
+
+    def _ticket_for_follow_up(
+        self, session: Session, mail: ParsedMail, answered: Sequence[str], owners: dict[str, int]
+    ) -> tuple[int, str] | None:
         """The id of the ticket that the mail follows up, and what matched it: our tag in the
         subject first, then the mail this one answers (ARCHITECTURE.md)."""
         if mail.registration_number and mail.registration_number_source == "subject":
             with contextlib.suppress(NotFoundError):
                 return self.desk.ticket_id(session, mail.registration_number), "registration number"
-        answered = _answered(mail)
-        if not answered:
-            return None
-        owners: dict[str, int] = {}
-        for stmt in _OWNERS_OF:
-            for message_id, ticket_id in session.execute(stmt, {"answered": answered}):
-                if message_id is not None and ticket_id is not None:
-                    owners.setdefault(message_id, ticket_id)
         for index, ref in enumerate(answered):
             if ref in owners:
                 matched = "In-Reply-To" if ref == mail.in_reply_to and index == 0 else "References"
@@ -247,21 +372,22 @@ class Registrar:
         return None
 
     def _waits(
-        self, session: Session, item: InboundItem, mail: ParsedMail, *, answers: bool
-    ) -> Outcome | None:
-        """Put the mail back for a moment when what decides its fate is still in the
-        inbound store: the same mail received earlier through another source (whose copy
-        is registered first; asked on PostgreSQL, where other workers and daemons take
-        items at the same time, while one SQLite worker takes them in order), or, when
-        ``answers`` (no ticket found for it), a mail it answers, which a reply would
-        otherwise overtake and become a ticket of its own. A mail that itself waits is not
-        waited for (two mails that answer each other), and none waits past WAIT_LIMIT."""
-        answered = _answered(mail) if answers else []
-        copies = bool(mail.message_id) and session.get_bind().dialect.name == "postgresql"
-        asked = [*answered, mail.message_id] if copies and mail.message_id else answered
-        if not asked:
-            return None
-        for other in inbound.unfinished(session, asked, besides=item.id):
+        self,
+        item: InboundItem,
+        mail: ParsedMail,
+        unfinished: Sequence[inbound.Unfinished],
+        *,
+        copies: bool,
+    ) -> _Wait | None:
+        """Whether the mail goes back for a moment because what decides its fate is still
+        in the inbound store (``unfinished``, marked ones excluded): the same mail received
+        earlier through another source (whose copy is registered first; asked with
+        ``copies`` on PostgreSQL, where other workers and daemons take items at the same
+        time, while one SQLite worker takes them in order), or, when no ticket was found
+        for it, a mail it answers, which a reply would otherwise overtake and become a
+        ticket of its own. A mail that itself waits is not waited for (two mails that
+        answer each other), and none waits past WAIT_LIMIT."""
+        for other in unfinished:
             if other.message_id == mail.message_id and copies:
                 if other.id > item.id:
                     continue
@@ -270,12 +396,10 @@ class Registrar:
                 continue
             else:
                 why = f"the mail it answers, {other.message_id}"
-            return self._wait(session, item, other, why)
+            return self._wait(item, other, why)
         return None
 
-    def _wait(
-        self, session: Session, item: InboundItem, other: inbound.Unfinished, why: str
-    ) -> Outcome | None:
+    def _wait(self, item: InboundItem, other: inbound.Unfinished, why: str) -> _Wait | None:
         now = self.clock()
         if now - item.received_at > WAIT_LIMIT:
             log.warning(
@@ -290,22 +414,12 @@ class Registrar:
         if other.state is InboundState.FAILED and other.next_attempt_at is not None:
             # Its retry is the earliest it can be finished.
             until = max(until, other.next_attempt_at + WAIT_STEP)
-        reason = f"waits for inbound {other.id} ({why})"[:MAX_REASON]
-        inbound.hold(session, item, reason=reason, until=until)
-        return Outcome(None, f"{reason}; again at {until:%H:%M:%S}")
-
-    def _already_registered(self, session: Session, message_id: str | None) -> Row[int, str] | None:
-        """The ticket (id, number) of the same mail received through another source (SMTP
-        and IMAP): it is one request."""
-        if message_id is None:
-            return None
-        return session.execute(_REGISTERED_MAIL, {"message_id": message_id}).first()
+        return _Wait(f"waits for inbound {other.id} ({why})"[:MAX_REASON], until)
 
     def _attach(self, session: Session, message_id: int, files: Sequence[StoredFile]) -> None:
         if not files:
             return
-        for file in files:
-            blobs.record(session, file.sha256, file.size)
+        blobs.record(session, {file.sha256: file.size for file in files})
         session.execute(
             _INSERT_ATTACHMENTS,
             [
@@ -325,17 +439,12 @@ class Registrar:
 
     # set aside ----------------------------------------------------------------------------
 
-    def _set_aside(
-        self, session: Session, item: InboundItem, decision: Decision, mail: ParsedMail
-    ) -> Outcome:
+    def _set_aside(self, session: Session, decision: Decision, mail: ParsedMail) -> Outcome:
         ticket = None
         if decision.bounced_message_id is not None:
             ticket = self._ticket_of_our_mail(session, decision.bounced_message_id)
-        inbound.ignored(
-            session, item, reason=decision.recorded, ticket_id=ticket.id if ticket else None
-        )
         if ticket is None:
-            return Outcome(None, f"ignored: {decision.recorded}")
+            return Outcome(None, f"ignored: {decision.recorded}", Mark(None, decision.recorded))
         self.desk.journal(
             session,
             ticket,
@@ -345,7 +454,11 @@ class Registrar:
             reason=decision.reason,
             report_message_id=mail.message_id,
         )
-        return Outcome(ticket.number, f"ignored: {decision.recorded}; journaled on {ticket.number}")
+        return Outcome(
+            ticket.number,
+            f"ignored: {decision.recorded}; journaled on {ticket.number}",
+            Mark(ticket.id, decision.recorded),
+        )
 
     def _ticket_of_our_mail(self, session: Session, message_id: str) -> Ticket | None:
         for model in (OutboxItem, Message):
@@ -356,14 +469,12 @@ class Registrar:
                 return session.get(Ticket, ticket_id)
         return None
 
-    def _refuse(
-        self, session: Session, item: InboundItem, mail: ParsedMail, *, answer: bool
-    ) -> Outcome:
+    def _refuse(self, session: Session, mail: ParsedMail, *, answer: bool) -> Outcome:
         """Unknown senders are refused by configuration: told politely, nothing registered."""
         reason = f"sender {mail.from_address or '(none)'} refused (unknown_sender = reject)"
-        inbound.ignored(session, item, reason=reason)
+        refused = Outcome(None, reason, Mark(None, reason))
         if not answer:
-            return Outcome(None, reason)
+            return refused
         language = mail.language if mail.language in ("ru", "en") else self.policy.default_language
         session.add(
             OutboxItem(
@@ -378,7 +489,7 @@ class Registrar:
                 },
             )
         )
-        return Outcome(None, reason)
+        return refused
 
 
 def _answered(mail: ParsedMail) -> list[str]:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Executable, Table
@@ -83,7 +83,8 @@ _INSERT_ONCE = {
 }
 
 
-def record(session: Session, sha256: str, size: int) -> None:
-    """The blob's row, once per sha256, in the caller's transaction."""
+def record(session: Session, sizes: Mapping[str, int]) -> None:
+    """The blobs' rows (sha256 -> size), once per sha256, in one statement in the caller's
+    transaction."""
     stmt = _INSERT_ONCE[session.get_bind().dialect.name]
-    session.execute(stmt, {"sha256": sha256, "size": size})
+    session.execute(stmt, [{"sha256": sha256, "size": size} for sha256, size in sizes.items()])

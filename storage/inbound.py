@@ -1,12 +1,12 @@
 """The inbound store: every received raw item, written before its source acknowledges it.
 
 A source calls :func:`store` and commits, and only then answers its peer (SMTP 250, IMAP
-\\Seen, HTTP 2xx). Pipeline workers :func:`claim` items with a lease, process each in its
-own transaction that also marks it :func:`done` or :func:`ignored`, and on an error call
-:func:`failed`, which schedules a retry with backoff or quarantines the item after the
-last attempt. A worker that dies mid-item leaves a lease that runs out, and the item is
-claimed again; because the desk's work and the item's ``done`` commit together, no item is
-registered twice.
+\\Seen, HTTP 2xx). Pipeline workers :func:`claim` items with a lease, process each in a
+transaction that also marks it (:func:`done_batch`, :func:`ignored_batch`), and on an
+error call :func:`failed`, which schedules a retry with backoff or quarantines the item
+after the last attempt. A worker that dies mid-item leaves a lease that runs out, and the
+item is claimed again; because the desk's work and the item's ``done`` commit together, no
+item is registered twice.
 
 The raw bytes are kept in a table of their own (``inbound_raw``), written once and never
 updated; claims and outcomes touch only the item's small row, and the raw bytes are read
@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -317,10 +317,11 @@ _MARK_CLAIMED = (
         next_attempt_at=bindparam("until"),
     )
 )
-# Marks are by a list of ids: a batch's items that share an outcome share one statement.
+# Marks are one statement for a batch: its items are each marked by id (the tickets of a
+# pipeline batch's items are mostly each their own, so grouping by outcome would not help).
 _MARK_DONE = (
     update(INBOUND)
-    .where(INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
+    .where(INBOUND.c.id == bindparam("item_id"))
     .values(
         state=InboundState.DONE,
         ticket_id=bindparam("done_ticket_id"),
@@ -332,7 +333,7 @@ _MARK_DONE = (
 )
 _MARK_IGNORED = (
     update(INBOUND)
-    .where(INBOUND.c.id.in_(bindparam("item_ids", expanding=True)))
+    .where(INBOUND.c.id == bindparam("item_id"))
     .values(
         state=InboundState.IGNORED,
         reason=bindparam("reason"),
@@ -350,52 +351,45 @@ def _written(item: InboundItem, **values: Any) -> None:
         set_committed_value(item, name, value)
 
 
-def done(session: Session, item: InboundItem, *, ticket_id: int | None) -> None:
-    now = utcnow()
-    _mark_done(session, {ticket_id: [item.id]}, now)
-    _written(
-        item,
-        state=InboundState.DONE,
-        ticket_id=ticket_id,
-        reason=None,
-        error=None,
-        next_attempt_at=None,
-        processed_at=now,
-    )
-
-
-def ignored(
-    session: Session, item: InboundItem, *, reason: str, ticket_id: int | None = None
-) -> None:
-    """Set aside on purpose (auto-reply, bounce, loop …), with the reason recorded, and the
-    ticket it concerns if any (the one a duplicate or a bounce belongs to)."""
-    now = utcnow()
-    _mark_ignored(session, {(reason, ticket_id): [item.id]}, now)
-    _written(
-        item,
-        state=InboundState.IGNORED,
-        reason=reason,
-        ticket_id=ticket_id,
-        error=None,
-        next_attempt_at=None,
-        processed_at=now,
-    )
-
-
 def done_batch(session: Session, items: Sequence[tuple[int, int | None]]) -> None:
     """Mark items (id, ticket id or None) done, without loading them."""
-    by_ticket: dict[int | None, list[int]] = {}
-    for item_id, ticket_id in items:
-        by_ticket.setdefault(ticket_id, []).append(item_id)
-    _mark_done(session, by_ticket, utcnow())
+    if not items:
+        return
+    now = utcnow()
+    session.connection().execute(
+        _MARK_DONE,
+        [
+            {"item_id": item_id, "done_ticket_id": ticket_id, "done_at": now}
+            for item_id, ticket_id in items
+        ],
+    )
 
 
-def ignored_batch(session: Session, items: Sequence[tuple[int, str]]) -> None:
-    """Set items (id, reason) aside, without loading them."""
-    by_reason: dict[tuple[str, int | None], list[int]] = {}
-    for item_id, reason in items:
-        by_reason.setdefault((reason, None), []).append(item_id)
-    _mark_ignored(session, by_reason, utcnow())
+def ignored_batch(
+    session: Session,
+    items: Sequence[tuple[int, str]],
+    *,
+    ticket_of: Mapping[int, int] | None = None,
+) -> None:
+    """Set items (id, reason) aside on purpose (auto-reply, bounce, loop …), without loading
+    them; ``ticket_of`` names the ticket an item concerns, if any (the one a duplicate or a
+    bounce belongs to)."""
+    if not items:
+        return
+    now = utcnow()
+    tickets = ticket_of or {}
+    session.connection().execute(
+        _MARK_IGNORED,
+        [
+            {
+                "item_id": item_id,
+                "reason": reason,
+                "ignored_ticket_id": tickets.get(item_id),
+                "ignored_at": now,
+            }
+            for item_id, reason in items
+        ],
+    )
 
 
 class Unfinished(NamedTuple):
@@ -409,7 +403,10 @@ class Unfinished(NamedTuple):
 
 
 UNFINISHED_STATES = (InboundState.PENDING, InboundState.PROCESSING, InboundState.FAILED)
-_UNFINISHED = select(
+# The items other than ``besides`` with these Message-IDs that are not finished yet, as
+# :func:`unfinished` reads them. The registrar asks it in one statement with the other
+# things that decide a mail's fate.
+UNFINISHED = select(
     INBOUND.c.id,
     INBOUND.c.message_id,
     INBOUND.c.state,
@@ -422,16 +419,9 @@ _UNFINISHED = select(
 )
 
 
-def unfinished(
-    session: Session, message_ids: Collection[str], *, besides: int
-) -> list[Unfinished]:
-    """The items other than ``besides`` with these Message-IDs that are not finished yet,
-    in the order they arrived; ``waiting`` when one is itself deferred (:func:`hold`)."""
-    if not message_ids:
-        return []
-    rows = session.connection().execute(
-        _UNFINISHED, {"message_ids": list(message_ids), "besides": besides}
-    )
+def unfinished(rows: Iterable[Row[Any]]) -> list[Unfinished]:
+    """The rows of :data:`UNFINISHED` in the order their items arrived; ``waiting`` when
+    one is itself deferred (:func:`hold`)."""
     return sorted(
         (
             Unfinished(
@@ -471,34 +461,6 @@ def hold(session: Session, item: InboundItem, *, reason: str, until: dt.datetime
         attempts=item.attempts - 1,
         next_attempt_at=until,
     )
-
-
-def _mark_done(
-    session: Session, by_ticket: Mapping[int | None, list[int]], now: dt.datetime
-) -> None:
-    connection = session.connection()
-    for ticket_id, item_ids in by_ticket.items():
-        connection.execute(
-            _MARK_DONE, {"item_ids": item_ids, "done_ticket_id": ticket_id, "done_at": now}
-        )
-
-
-def _mark_ignored(
-    session: Session, by_outcome: Mapping[tuple[str, int | None], list[int]], now: dt.datetime
-) -> None:
-    # Most reasons are fixed wording (an adapter's, a rule's): items sharing one share a
-    # statement.
-    connection = session.connection()
-    for (reason, ticket_id), item_ids in by_outcome.items():
-        connection.execute(
-            _MARK_IGNORED,
-            {
-                "item_ids": item_ids,
-                "reason": reason,
-                "ignored_ticket_id": ticket_id,
-                "ignored_at": now,
-            },
-        )
 
 
 _NO_RAW = (defer(InboundItem.raw),)

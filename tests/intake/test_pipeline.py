@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import io
+import re
 import threading
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import cast
 
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -214,6 +217,7 @@ def test_same_mail_from_two_sources_is_registered_once(
     assert item(db, first).state is InboundState.DONE
     assert item(db, second).state is InboundState.IGNORED
     assert "duplicate" in (item(db, second).reason or "")
+    assert item(db, second).ticket_id == item(db, first).ticket_id is not None
 
 
 # --- follow-ups -----------------------------------------------------------------------------
@@ -498,8 +502,15 @@ class _FailsOn:
     def prepare(self, raw: bytes) -> Prepared:
         return self.registrar.prepare(raw)
 
-    def apply(self, session: Session, item: InboundItem, prepared: Prepared) -> Outcome:
-        outcome = self.registrar.apply(session, item, prepared)
+    def apply(
+        self,
+        session: Session,
+        item: InboundItem,
+        prepared: Prepared,
+        *,
+        settled: Collection[int] = (),
+    ) -> Outcome:
+        outcome = self.registrar.apply(session, item, prepared, settled=settled)
         if prepared.mail.subject == self.subject:
             raise RuntimeError("the desk tripped over this one")
         return outcome
@@ -537,6 +548,63 @@ def test_a_reply_in_the_same_batch_follows_up_the_ticket_of_the_mail_it_answers(
     assert pipeline.work_all() == 2
     assert item(db, first).ticket_id == item(db, reply).ticket_id is not None
     assert count(db, Ticket) == 1
+
+
+def test_a_reply_in_the_same_batch_as_the_set_aside_mail_it_answers_does_not_wait(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    # The batch's marks are written at its end: the set-aside mail is finished already.
+    away = receive(
+        db,
+        mail_bytes(
+            subject="Calls drop",
+            message_id="<away@acme.example>",
+            headers={"Auto-Submitted": "auto-replied"},
+        ),
+    )
+    reply = receive(db, mail_bytes(subject="Re: Calls drop", in_reply_to="<away@acme.example>"))
+    assert pipeline.work_all() == 2
+    assert item(db, away).state is InboundState.IGNORED
+    assert item(db, reply).state is InboundState.DONE
+    assert count(db, Ticket) == 1
+
+
+def _statements(db: Database, work: Callable[[], object]) -> list[str]:
+    """The SQL that ``work`` sends."""
+    sent: list[str] = []
+
+    def note(*args: object) -> None:
+        sent.append(str(args[2]))
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        work()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+    return sent
+
+
+def test_a_batch_is_marked_in_one_statement_and_each_mail_looked_up_in_one(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    first = receive(db, mail_bytes(subject="Calls drop", message_id="<first@acme.example>"))
+    reply = receive(
+        db, mail_bytes(subject="Re: Calls drop", body="Again", in_reply_to="<first@acme.example>")
+    )
+    away = receive(db, mail_bytes(subject="Away", headers={"Auto-Submitted": "auto-replied"}))
+    others = [receive(db, mail_bytes(subject=f"Request {n}")) for n in range(3)]
+    sent = _statements(db, pipeline.work_all)
+    assert [item(db, i).state for i in (first, reply, away, *others)] == [
+        InboundState.DONE,
+        InboundState.DONE,
+        InboundState.IGNORED,
+        *[InboundState.DONE] * 3,
+    ]
+    marks = [s for s in sent if s.startswith("UPDATE inbound") and "processed_at" in s]
+    assert len(marks) == 2
+    # The mails set aside by a rule ask nothing; the others one statement each.
+    lookups = [s for s in sent if re.search(r"\.message_id (=|IN)", s)]
+    assert len(lookups) == 5
 
 
 def test_a_batch_whose_lease_was_taken_over_leaves_that_item_alone(
@@ -817,3 +885,87 @@ def test_a_reply_to_a_closed_ticket_is_kept_and_changes_nothing(
     _answer(db, pipeline, ticket, "It is broken again!")
     assert _status(db, ticket.id) == (Status.CLOSED, CloseReason.CONFIRMED)
     assert _messages(db, ticket.id)[-1] == "It is broken again!"
+
+
+# --- workers taking turns -------------------------------------------------------------------
+
+
+class _Holds:
+    """A registrar that holds the mail with one subject until the test lets it go."""
+
+    def __init__(self, registrar: Registrar, subject: str) -> None:
+        self.registrar = registrar
+        self.subject = subject
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def prepare(self, raw: bytes) -> Prepared:
+        return self.registrar.prepare(raw)
+
+    def apply(
+        self,
+        session: Session,
+        item: InboundItem,
+        prepared: Prepared,
+        *,
+        settled: Collection[int] = (),
+    ) -> Outcome:
+        if prepared.mail.subject == self.subject:
+            self.holding.set()
+            self.release.wait(30)
+        return self.registrar.apply(session, item, prepared, settled=settled)
+
+
+def _noting_claims(pipeline: Pipeline) -> list[list[int]]:
+    """The ids of each batch that ``pipeline`` claims from now on."""
+    claimed: list[list[int]] = []
+    claim = pipeline._claim
+
+    def claim_and_note(session: Session) -> Sequence[InboundItem]:
+        items = claim(session)
+        if items:
+            claimed.append([i.id for i in items])
+        return items
+
+    pipeline._claim = claim_and_note  # type: ignore[method-assign]
+    return claimed
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_mail_arriving_while_a_worker_has_a_batch_in_hand_goes_into_its_next_batch(
+    db_url: URL, db: Database, seed: Seed, registrar: Registrar
+) -> None:
+    held = _Holds(registrar, "Calls drop")
+    committed = asyncio.Event()
+    pipeline = Pipeline(
+        db,
+        cast(Registrar, held),
+        workers=4,
+        max_attempts=3,
+        poll_interval=3600,
+        gather=0,
+        after_commit=committed.set,
+    )
+    claimed = _noting_claims(pipeline)
+    first = receive(db, mail_bytes(subject="Calls drop"))
+    stopping = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stopping))
+    try:
+        assert await asyncio.to_thread(held.holding.wait, 30)
+        # Each is stored while the loop is free for the idle workers to wake and look.
+        later = []
+        for n in range(3):
+            raw = mail_bytes(subject=f"Request {n}")
+            later.append(await asyncio.to_thread(receive, db, raw))
+            pipeline.wakeup.set()
+        held.release.set()
+        async with asyncio.timeout(30):
+            while count(db, Ticket) < 4:
+                await committed.wait()
+                committed.clear()
+    finally:
+        stopping.set()
+        held.release.set()
+        await task
+    # The other workers waited their turn, and the three gathered into one batch.
+    assert claimed == [[first], later]

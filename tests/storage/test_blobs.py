@@ -43,7 +43,7 @@ def test_unknown_blob_and_bad_name_are_clear_errors(tmp_path: Path) -> None:
 def test_blob_row_is_recorded_once_per_digest(db: Database) -> None:
     for _ in range(2):
         with db.transaction() as session:
-            blobs.record(session, "a" * 64, 10)
+            blobs.record(session, {"a" * 64: 10, "b" * 64: 20})
     with db.transaction() as session:
-        rows = session.execute(select(Blob.sha256, Blob.size)).all()
-    assert rows == [("a" * 64, 10)]
+        rows = session.execute(select(Blob.sha256, Blob.size).order_by(Blob.sha256)).all()
+    assert rows == [("a" * 64, 10), ("b" * 64, 20)]

@@ -72,8 +72,8 @@ def test_done_and_ignored_items_are_not_claimed_or_retried_when_done(db: Databas
     a, b = _store(db, "<a@x>").id, _store(db, "<b@x>").id
     with db.transaction() as session:
         first, second = inbound.items(session, inbound.claim(session, now=T0, limit=2))
-        inbound.done(session, first, ticket_id=None)
-        inbound.ignored(session, second, reason="auto-reply (Auto-Submitted: auto-replied)")
+        inbound.done_batch(session, [(first.id, None)])
+        inbound.ignored_batch(session, [(second.id, "auto-reply (Auto-Submitted: auto-replied)")])
     with db.transaction() as session:
         assert inbound.claim(session, now=T0 + dt.timedelta(days=1)) == []
         with pytest.raises(inbound.InboundError, match=f"inbound item {a} is done"):
@@ -101,7 +101,7 @@ def test_large_raw_bytes_are_kept_exactly(db: Database) -> None:
         assert session.get_one(InboundItem, item_id).size == len(raw)
     with db.transaction() as session:
         (item,) = inbound.items(session, inbound.claim(session, now=T0))
-        inbound.done(session, item, ticket_id=None)
+        inbound.done_batch(session, [(item.id, None)])
         assert item.raw == raw
     with db.transaction() as session:
         assert session.get_one(InboundItem, item_id).raw == raw
