@@ -13,12 +13,12 @@ import datetime as dt
 import enum
 import logging
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -149,6 +149,16 @@ _CONTACTS_BY_PHONE = (
 _CONTACT_BY_ID = select(CONTACTS.c.phone, CONTACTS.c.id, CONTACTS.c.customer_id).where(
     CONTACTS.c.id == bindparam("contact_id")
 )
+_CONTACTS_OF_CALLS = (
+    select(CONTACTS.c.phone, CONTACTS.c.id, CONTACTS.c.customer_id)
+    .where(
+        or_(
+            CONTACTS.c.id.in_(bindparam("contact_ids", expanding=True)),
+            CONTACTS.c.phone.in_(bindparam("phones", expanding=True)),
+        )
+    )
+    .order_by(CONTACTS.c.id)
+)
 _CUSTOMER_BY_NAME = select(Customer.__table__.c.id).where(
     Customer.__table__.c.name == bindparam("name")
 )
@@ -167,6 +177,15 @@ _OPEN_TICKET = (
     )
     .order_by(TICKETS.c.updated_at.desc(), TICKETS.c.id.desc())
     .limit(1)
+)
+# The same for many callers: each one's first row is its open ticket that changed last.
+_OPEN_TICKETS = (
+    select(TICKETS.c.contact_id, TICKETS.c.id, TICKETS.c.number)
+    .where(
+        TICKETS.c.contact_id.in_(bindparam("contact_ids", expanding=True)),
+        TICKETS.c.status.in_(sorted(OPEN_STATUSES)),
+    )
+    .order_by(TICKETS.c.updated_at.desc(), TICKETS.c.id.desc())
 )
 _INSERT_JOURNAL = insert(Base.metadata.tables["journal"])
 _INSERT_OUTBOX = insert(Base.metadata.tables["outbox"])
@@ -295,10 +314,10 @@ class CallRecorder:
             }
             for r in batch
         ]
-        with self.db.transaction() as session:
+        with self.db.connection_transaction() as connection:
             # What inbound.store() does for one item, in two statements for the batch:
             # building statements per webhook costs more than its share of the commit.
-            new = inbound.store_batch(session, rows)
+            new = inbound.store_batch(connection, rows)
         results = []
         for received in batch:
             key = (source_name(received.provider), received.source_ref)
@@ -333,10 +352,23 @@ class CallRecorder:
     def _act(self, session: Session, work: Sequence[Work], *, guarded: bool) -> None:
         """The batch's work; unguarded, an item's failure fails the batch."""
         now = utcnow()
-        records, created = self._lock_calls(
-            session, [event for w in work if w.ignored is None for event in w.events], now
-        )
         desk = _DeskWork(session, self)
+        records, created = self._lock_calls(
+            session, [event for w in work if w.ignored is None for event in w.events], now, desk
+        )
+        # Only an ended inbound call is told to the desk with its caller (missed or answered).
+        ending = {
+            (event.provider, event.call_id)
+            for w in work
+            if w.ignored is None
+            for event in w.events
+            if event.kind is EventKind.ENDED
+        }
+        desk.look_up(
+            record
+            for key, record in records.items()
+            if key in ending and record.direction is CallDirection.IN
+        )
         changed: set[tuple[str, str]] = set()
         finished: list[tuple[int, int | None]] = []
         set_aside: list[tuple[int, str]] = []
@@ -415,10 +447,11 @@ class CallRecorder:
         return ticket_id
 
     def _lock_calls(
-        self, session: Session, events: Sequence[CallEvent], now: dt.datetime
+        self, session: Session, events: Sequence[CallEvent], now: dt.datetime, desk: _DeskWork
     ) -> tuple[dict[tuple[str, str], CallRecord], set[tuple[str, str]]]:
         """The records of the events' calls, locked until the commit, each created on its
-        first event; and which ones this batch created."""
+        first event; and which ones this batch created. The callers' contacts looked up
+        for the new calls are handed to ``desk``, which need not look them up again."""
         first = {(e.provider, e.call_id): e for e in reversed(events)}
         if not first:
             return {}, set()
@@ -432,9 +465,10 @@ class CallRecorder:
             contacts: dict[str, int] = {}
             phones = {phone for phone in callers.values() if phone}
             if phones:
-                found = connection.execute(_CONTACTS_BY_PHONE, {"phones": list(phones)})
+                found = connection.execute(_CONTACTS_BY_PHONE, {"phones": list(phones)}).all()
                 for phone, contact_id, _ in found:
                     contacts.setdefault(phone or "", contact_id)
+                desk.found(phones, found)
             rows = [
                 {
                     "provider": event.provider,
@@ -511,11 +545,55 @@ class _DeskWork:
         """Drop what was looked up, added or queued since the last write (rolled back)."""
         self.by_phone: dict[str, _Caller] = {}
         self.by_id: dict[int, _Caller] = {}
-        # Contacts this batch added and registered nothing for yet: no open ticket to look for.
-        self.fresh: set[int] = set()
+        # Numbers looked up for the batch (look_up) that no contact has.
+        self.unknown: set[str] = set()
+        # A caller's open ticket that changed last, or None, by contact id: looked up for
+        # the batch, and kept as the batch adds contacts (none) and registers tickets.
+        self.open_tickets: dict[int, _OpenTicket | None] = {}
         self.unassigned_id: int | None = None
         self.journal: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
+
+    def found(self, phones: Collection[str], contacts: Sequence[Row[Any, Any, Any]]) -> None:
+        """What a look-up of these numbers (and perhaps of contacts by id) found: contacts
+        (phone, id, customer_id); the numbers of none have no contact."""
+        for contact in contacts:
+            caller = _Caller(contact.id, contact.customer_id)
+            self.by_id[contact.id] = caller
+            if contact.phone in phones:
+                self.by_phone[contact.phone] = caller
+        self.unknown.update(phone for phone in phones if phone not in self.by_phone)
+
+    def look_up(self, records: Iterable[CallRecord]) -> None:
+        """The contacts of these calls and their open tickets, each in one query for the
+        batch rather than one per call told to the desk; what is known already is not
+        looked up again."""
+        region = self.recorder.policy.default_region
+        contact_ids = set()
+        phones = set()
+        for record in records:
+            if record.contact_id is not None:
+                contact_ids.add(record.contact_id)
+            elif phone := e164(record.from_number, region):
+                phones.add(phone)
+        unseen_ids = contact_ids - self.by_id.keys()
+        unseen_phones = phones - self.by_phone.keys() - self.unknown
+        if unseen_ids or unseen_phones:
+            found = self.connection.execute(
+                _CONTACTS_OF_CALLS,
+                {"contact_ids": list(unseen_ids), "phones": list(unseen_phones)},
+            ).all()
+            self.found(unseen_phones, found)
+        contact_ids |= {self.by_phone[phone].id for phone in phones if phone in self.by_phone}
+        callers = [contact_id for contact_id in contact_ids if contact_id not in self.open_tickets]
+        if not callers:
+            return
+        for contact_id, ticket_id, number in self.connection.execute(
+            _OPEN_TICKETS, {"contact_ids": callers}
+        ):
+            self.open_tickets.setdefault(contact_id, _OpenTicket(ticket_id, number))
+        for contact_id in callers:
+            self.open_tickets.setdefault(contact_id, None)
 
     def write(self) -> None:
         if self.journal:
@@ -581,7 +659,8 @@ class _DeskWork:
             actor=ACTOR,
         )
         if contact is not None:
-            self.fresh.discard(contact.id)
+            # The caller had none open: the new ticket is now their open ticket.
+            self.open_tickets[contact.id] = _OpenTicket(registration.ticket_id, registration.number)
         record.ticket_id = registration.ticket_id
         self._journal(registration.ticket_id, SYSTEM_ACTOR, FollowUp.MISSED, record)
         log.info("%s: registered for missed call %s", registration.number, record.label)
@@ -609,8 +688,11 @@ class _DeskWork:
             return None
         known = self.by_phone.get(phone)
         if known is None:
-            # Perhaps added since the call was first heard of, by another call's event.
-            found = self.connection.execute(_CONTACTS_BY_PHONE, {"phones": [phone]}).first()
+            # Perhaps added since the call was first heard of, by another call's event
+            # (unless the batch's look-up has just found none).
+            found = None
+            if phone not in self.unknown:
+                found = self.connection.execute(_CONTACTS_BY_PHONE, {"phones": [phone]}).first()
             if found is not None:
                 known = self._keep(*found)
             else:
@@ -619,7 +701,7 @@ class _DeskWork:
                     _ADD_CONTACT, {"customer_id": customer_id, "phone": phone}
                 ).scalar_one()
                 known = self._keep(phone, contact_id, customer_id)
-                self.fresh.add(contact_id)
+                self.open_tickets[contact_id] = None
         record.contact_id = known.id
         return known
 
@@ -632,10 +714,12 @@ class _DeskWork:
 
     def open_ticket(self, contact_id: int | None) -> _OpenTicket | None:
         """The caller's open ticket that changed last, if any."""
-        if contact_id is None or contact_id in self.fresh:
+        if contact_id is None:
             return None
-        found = self.connection.execute(_OPEN_TICKET, {"contact_id": contact_id}).first()
-        return None if found is None else _OpenTicket(*found)
+        if contact_id not in self.open_tickets:
+            found = self.connection.execute(_OPEN_TICKET, {"contact_id": contact_id}).first()
+            self.open_tickets[contact_id] = None if found is None else _OpenTicket(*found)
+        return self.open_tickets[contact_id]
 
 
 def _details(record: CallRecord) -> dict[str, object]:

@@ -71,7 +71,7 @@ INBOUND_RAW = InboundRaw.metadata.tables["inbound_raw"]
 
 
 def store(
-    session: Session,
+    into: Session | Connection,
     *,
     source: str,
     source_ref: str,
@@ -79,8 +79,11 @@ def store(
     message_id: str | None = None,
     received_at: dt.datetime | None = None,
 ) -> Stored:
-    """Write a received item once; a second delivery of the same reference is a duplicate."""
-    connection = session.connection()
+    """Write a received item once; a second delivery of the same reference is a duplicate.
+
+    ``into`` is the transaction: a session, or a plain connection (a source's group commit,
+    which has no use for a session's bookkeeping)."""
+    connection = into if isinstance(into, Connection) else into.connection()
     stmt = _STORE[connection.dialect.name]
     new_id = connection.execute(
         stmt,
@@ -103,14 +106,16 @@ def store(
     return Stored(existing, duplicate=True)
 
 
-def store_batch(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+def store_batch(
+    into: Session | Connection, rows: Sequence[Mapping[str, Any]]
+) -> set[tuple[str, str]]:
     """:func:`store` for a batch (the webhooks' group commit): each row is the item's
     columns and its ``raw`` bytes. The (source, source_ref) of the items new here; the
     others are duplicates, and the first of a reference repeated in the batch is kept."""
     raws: dict[tuple[str, str], bytes] = {}
     for row in rows:
         raws.setdefault((row["source"], row["source_ref"]), row["raw"])
-    connection = session.connection()
+    connection = into if isinstance(into, Connection) else into.connection()
     new = connection.execute(
         _STORE[connection.dialect.name],
         [{name: value for name, value in row.items() if name != "raw"} for row in rows],

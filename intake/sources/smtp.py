@@ -131,10 +131,10 @@ class InboundHandler:
 
 def store_mails(db: Database, mails: Sequence[ReceivedMail]) -> list[inbound.Stored]:
     """Write mails to the inbound store in one transaction (on the storage thread)."""
-    with db.transaction() as session:
+    with db.connection_transaction() as connection:
         return [
             inbound.store(
-                session,
+                connection,
                 source=SOURCE,
                 source_ref=mail.source_ref,
                 raw=mail.raw,

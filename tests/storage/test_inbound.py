@@ -107,6 +107,40 @@ def test_large_raw_bytes_are_kept_exactly(db: Database) -> None:
         assert session.get_one(InboundItem, item_id).raw == raw
 
 
+def test_items_stored_through_a_plain_connection_are_kept_once_with_their_bytes(
+    db: Database,
+) -> None:
+    large = bytes(range(256)) * (inbound.RAW_PIECE // 256) + b"more than one piece"
+    with db.connection_transaction() as connection:
+        first = inbound.store(connection, source="smtp", source_ref="<a@x>", raw=b"small")
+        again = inbound.store(connection, source="smtp", source_ref="<a@x>", raw=b"again")
+        big = inbound.store(connection, source="smtp", source_ref="<b@x>", raw=large)
+        new = inbound.store_batch(
+            connection,
+            [
+                {
+                    "source": "telephony:generic",
+                    "source_ref": "c",
+                    "raw": b"call",
+                    "size": 4,
+                    "received_at": T0,
+                    "state": InboundState.PENDING,
+                    "attempts": 0,
+                }
+            ],
+        )
+    assert (first.duplicate, again.duplicate, again.id, big.duplicate) == (
+        False,
+        True,
+        first.id,
+        False,
+    )
+    assert new == {("telephony:generic", "c")}
+    with db.transaction() as session:
+        raws = inbound.raw_of(session, [first.id, big.id])
+    assert raws == {first.id: b"small", big.id: large}
+
+
 def test_claim_takes_no_more_raw_bytes_than_asked_but_always_one_item(db: Database) -> None:
     ids = [_store(db, ref=f"<{n}@x>", raw=b"x" * 100).id for n in range(4)]
     with db.transaction() as session:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sql_event
 from sqlalchemy import select, update
 
 from intake.desk import Desk
@@ -19,11 +21,12 @@ from intake.sources.telephony.worker import (
     FEWEST,
     MAX_LAG,
     STAND_ASIDE,
+    CallEventWorker,
 )
 from storage import inbound
 from storage.db import Database
-from storage.models import Contact, InboundItem, InboundState, utcnow
-from tests.intake.conftest import RULES
+from storage.models import Contact, InboundItem, InboundState, JournalEntry, utcnow
+from tests.intake.conftest import RULES, Seed, register
 from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
 from tests.intake.telephony.test_generic import CALLER_E164, URL, event, the_call, tickets
 
@@ -104,6 +107,98 @@ async def test_missed_calls_from_one_new_number_make_one_contact_and_one_ticket(
     assert ticket.contact_id == contact.id
     assert the_call(db, "m-1").ticket_id == the_call(db, "m-2").ticket_id == ticket.id
     assert states == {InboundState.DONE}
+
+
+@pytest.mark.parametrize("calls", ["heard of before the batch", "first heard of in the batch"])
+async def test_a_batch_looks_up_its_callers_and_their_open_tickets_once_for_all_its_calls(
+    db: Database, make_client: ClientFactory, seed: Seed, calls: str
+) -> None:
+    with db.transaction() as session:
+        session.get_one(Contact, seed.contact_id).phone = CALLER_E164
+    open_ticket = register(db, Desk(RULES), seed)
+    client = await make_client()
+    new_caller = {"from": "+7 916 765-43-21"}
+    starts = [
+        event("newCall", call_id="known-1"),
+        event("newCall", call_id="known-2"),
+        event("newCall", call_id="new-1", **new_caller),
+        event("newCall", call_id="new-2", **new_caller),
+        event("newCall", call_id="answered"),
+    ]
+    ends = [
+        event("hangup", call_id="known-1", cause="noAnswer"),
+        event("hangup", call_id="known-2", cause="busy"),
+        event("hangup", call_id="new-1", cause="noAnswer", **new_caller),
+        event("hangup", call_id="new-2", cause="noAnswer", **new_caller),
+        event("answer", call_id="answered", user="anna"),
+        event("hangup", call_id="answered", cause="normalClearing"),
+    ]
+    if calls == "heard of before the batch":
+        for body in starts:
+            assert (await client.post(URL, json=body)).status == 200
+        await processed(client)
+        starts = []
+    for body in starts + ends:
+        assert (await client.post(URL, json=body)).status == 200
+    sent: list[str] = []
+
+    def note(*args: object) -> None:
+        sent.append(" ".join(str(args[2]).split()))
+
+    sql_event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        await processed(client)
+    finally:
+        sql_event.remove(db.engine, "before_cursor_execute", note)
+
+    new_ticket = next(t for t in tickets(db) if t.id != open_ticket.id)
+    calls = {call_id: the_call(db, call_id).ticket_id for call_id in ("known-1", "known-2")}
+    calls |= {call_id: the_call(db, call_id).ticket_id for call_id in ("new-1", "new-2")}
+    assert calls == {
+        "known-1": open_ticket.id,
+        "known-2": open_ticket.id,
+        "new-1": new_ticket.id,
+        "new-2": new_ticket.id,
+    }
+    assert the_call(db, "answered").ticket_id == open_ticket.id
+    with db.transaction() as session:
+        journaled = session.scalars(
+            select(JournalEntry.action)
+            .where(JournalEntry.ticket_id == open_ticket.id, JournalEntry.action != "registered")
+            .where(JournalEntry.action != "assigned")
+        ).all()
+    assert sorted(journaled) == ["call_answered", "missed_call", "missed_call"]
+    assert len([sql for sql in sent if "FROM contacts WHERE" in sql]) == 1
+    assert len([sql for sql in sent if "FROM tickets WHERE tickets.contact_id" in sql]) == 1
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_events_stored_while_the_worker_finds_nothing_are_acted_on_at_once(
+    db: Database, telephony_env: None, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL: the webhooks' commits run on storage threads beside the worker's, so
+    # they can land after its claim looked and before it goes idle.
+    looked, stored = threading.Event(), threading.Event()
+    process_due = CallEventWorker.process_due
+
+    def first_finds_nothing_meanwhile_events_arrive(worker: CallEventWorker, limit: int) -> int:
+        taken = process_due(worker, limit)
+        if not looked.is_set():
+            looked.set()
+            assert stored.wait(timeout=10)
+        return taken
+
+    monkeypatch.setattr(CallEventWorker, "process_due", first_finds_nothing_meanwhile_events_arrive)
+    app = create_app(http_context(settings_with(), db, Desk(RULES)))
+    client = await aiohttp_client(app)
+    await asyncio.to_thread(looked.wait, 10)
+    for body in (event("newCall", call_id="w-1"), event("hangup", call_id="w-1", cause="busy")):
+        assert (await client.post(URL, json=body)).status == 200
+    stored.set()
+    # Polling again would find them only after the poll interval.
+    await asyncio.wait_for(app[WORKER].idle.wait(), timeout=10)
+
+    assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
 
 
 async def test_the_worker_acts_on_what_the_edge_read_without_reading_it_again(

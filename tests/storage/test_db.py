@@ -1,0 +1,50 @@
+"""Transactions of the database layer: sessions and plain connections."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from storage import inbound
+from storage.db import Database
+from storage.models import InboundItem
+
+
+def _count(db: Database) -> int:
+    with db.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(InboundItem)) or 0)
+
+
+def test_a_connection_transaction_commits_what_it_wrote(db: Database) -> None:
+    with db.connection_transaction() as connection:
+        inbound.store(connection, source="smtp", source_ref="<a@x>", raw=b"kept")
+    assert _count(db) == 1
+
+
+def test_a_connection_transaction_that_fails_writes_nothing(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.connection_transaction() as connection:
+        inbound.store(connection, source="smtp", source_ref="<a@x>", raw=b"lost")
+        raise RuntimeError("before the commit")
+    assert _count(db) == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_connection_transaction_waits_its_turn_at_the_sqlite_writer(db: Database) -> None:
+    # A session transaction that has not written yet holds no SQLite lock, only the
+    # process's writer turn: what waits for it here is that turn alone.
+    entered = threading.Event()
+
+    def write() -> None:
+        with db.connection_transaction() as connection:
+            entered.set()
+            inbound.store(connection, source="smtp", source_ref="<b@x>", raw=b"second")
+
+    with db.transaction():
+        other = threading.Thread(target=write)
+        other.start()
+        assert not entered.wait(timeout=0.2)
+    other.join()
+    assert entered.is_set()
+    assert _count(db) == 1
