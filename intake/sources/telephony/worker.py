@@ -113,6 +113,10 @@ class CallEventWorker:
         while not stopping.is_set():
             limit = self.batch_size()
             began = loop.time()
+            # From here on a notice counts: events stored while this batch is taken (on
+            # PostgreSQL by another storage thread, after its claim looked) are looked for
+            # again rather than left until the next poll.
+            self.wakeup.clear()
             try:
                 processed, cpu = await loop.run_in_executor(self.executor, self._timed, limit)
             except Exception:
@@ -131,8 +135,9 @@ class CallEventWorker:
             if processed:
                 await _first(stopping, seconds=GATHER)
                 continue
+            if self.wakeup.is_set():
+                continue
             self.idle.set()
-            self.wakeup.clear()
             await _first(stopping, self.wakeup, seconds=self.poll_interval)
 
     def notify(self) -> None:
