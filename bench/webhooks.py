@@ -3,8 +3,11 @@
 Serves the generic CTI endpoint (the real app: token check, inbound store, call record,
 missed-call tickets) on SQLite on a loopback port, and from a separate process posts call
 triples (newCall, answer, hangup) at full speed over a fixed number of connections. Then
-the same load against a bare aiohttp handler that only answers 200. Prints events/s and
-p50/p99 latency of each, and the ratio. Bounded by --calls and --seconds.
+the same load against a bare aiohttp handler that only answers 200, and against a
+reference floor: a handler that commits each raw body to SQLite (as the daemon configures
+it) before answering, through a minimal group commit, and does nothing else. Prints
+events/s and p50/p99 latency of each, and the ratios to the bare handler. Bounded by
+--calls and --seconds.
 """
 
 from __future__ import annotations
@@ -13,18 +16,23 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import ClientSession, TCPConnector, web
 
 from intake.http import PROCESS_EVENTS, WORKER
+from storage.db import create_db_engine
 
 TOKEN = "bench-token"  # noqa: S105 -- a throw-away token of the benchmark's own server
 
@@ -138,6 +146,81 @@ async def _bare_app() -> web.Application:
     return app
 
 
+class _DurableLog:
+    """The floor's store: raw bodies appended to one SQLite table, those that arrive while
+    a transaction is being written sharing the next one, each caller answered after the
+    commit that holds its body. What any handler that commits before answering must pay."""
+
+    def __init__(self, path: Path) -> None:
+        # The daemon's own engine setup, so the same PRAGMAs (WAL, synchronous): only the
+        # plain connection is used, none of SQLAlchemy's per-statement work.
+        self.engine = create_db_engine(f"sqlite:///{path}")
+        self.pooled = self.engine.raw_connection()
+        self.connection = cast(sqlite3.Connection, self.pooled.driver_connection)
+        self.connection.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="floor-db")
+        self.pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self.writing: asyncio.Task[None] | None = None
+
+    async def append(self, body: bytes) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((body, future))
+        if self.writing is None:
+            self.writing = asyncio.create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                # As the daemon's group commit: requests already read join this batch.
+                await asyncio.sleep(0)
+                batch, self.pending = self.pending, []
+                try:
+                    await loop.run_in_executor(
+                        self.executor, self._commit, [(body,) for body, _ in batch]
+                    )
+                except Exception as error:
+                    for _, future in batch:
+                        future.set_exception(error)
+                    continue
+                for _, future in batch:
+                    future.set_result(None)
+        finally:
+            self.writing = None
+
+    def _commit(self, rows: list[tuple[bytes]]) -> None:
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            self.connection.executemany("INSERT INTO raw (body) VALUES (?)", rows)
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.pooled.close()
+        self.engine.dispose()
+
+
+async def _floor_app(state: Path) -> web.Application:
+    store = _DurableLog(state / "floor.sqlite3")
+
+    async def keep(request: web.Request) -> web.Response:
+        await store.append(await request.read())
+        return web.Response(text="{}", content_type="application/json")
+
+    async def closing(app: web.Application) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = web.Application()
+    app.router.add_post("/api/v1/cti/{token}", keep)
+    app.cleanup_ctx.append(closing)
+    return app
+
+
 async def _measure(app: web.Application, args: argparse.Namespace) -> dict[str, float]:
     runner, port = await _serve(app)
     try:
@@ -182,6 +265,8 @@ async def _main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as state:
         intake = await _measure(await _intake_app(Path(state), not args.ingest_only), args)
     bare = await _measure(await _bare_app(), args)
+    with tempfile.TemporaryDirectory() as state:
+        floor = await _measure(await _floor_app(Path(state)), args)
     print(_line("intake generic CTI", intake))
     if "processed_after_s" in intake:
         print(
@@ -194,6 +279,12 @@ async def _main(args: argparse.Namespace) -> None:
     print(_line("bare aiohttp 200", bare))
     ratio = (intake["events"] / intake["seconds"]) / (bare["events"] / bare["seconds"])
     print(f"intake / bare: {ratio:.0%}   (targets: >= 1500 events/s, p99 < 50 ms, >= 50%)")
+    print(_line("durable floor", floor))
+    floor_ratio = (floor["events"] / floor["seconds"]) / (bare["events"] / bare["seconds"])
+    print(
+        f"durable floor / bare: {floor_ratio:.0%}   (reference, not intake: each raw body "
+        "committed to SQLite before the 200, nothing else)"
+    )
 
 
 def main() -> None:
