@@ -350,12 +350,6 @@ _MARK_IGNORED = (
 )
 
 
-def _written(item: InboundItem, **values: Any) -> None:
-    """Tell the loaded item what an UPDATE just wrote, without it being flushed again."""
-    for name, value in values.items():
-        set_committed_value(item, name, value)
-
-
 def done_batch(session: Session, items: Sequence[tuple[int, int | None]]) -> None:
     """Mark items (id, ticket id or None) done, without loading them."""
     if not items:
@@ -457,15 +451,11 @@ _HOLD = (
 def hold(session: Session, item: InboundItem, *, reason: str, until: dt.datetime) -> None:
     """Put a claimed item back until ``until``, because of something it waits for (the
     mail it answers, still in the store): pending again, with the reason recorded, and the
-    claim not counted as an attempt. A pending item with a reason is one that waits."""
+    claim not counted as an attempt. A pending item with a reason is one that waits.
+
+    The loaded item is left as claimed: should the batch's transaction roll back, it is
+    done again as claimed (Pipeline._still_ours compares its attempts with the store's)."""
     session.connection().execute(_HOLD, {"item_id": item.id, "waits_for": reason, "until": until})
-    _written(
-        item,
-        state=InboundState.PENDING,
-        reason=reason,
-        attempts=item.attempts - 1,
-        next_attempt_at=until,
-    )
 
 
 _NO_RAW = (defer(InboundItem.raw),)

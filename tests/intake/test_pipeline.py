@@ -722,6 +722,25 @@ def test_two_mails_that_answer_each_other_do_not_wait_for_each_other(
     assert count(db, Ticket) == 1
 
 
+def test_a_reply_held_in_a_batch_that_is_done_again_is_held_again(
+    db: Database, seed: Seed, desk: Desk, tmp_path: Path, clock: list[dt.datetime]
+) -> None:
+    # Another mail of the batch fails, so the batch runs again with a savepoint per item:
+    # the reply's first hold was rolled back with the rest, and it must still be ours.
+    receive(db, mail_bytes(subject="Calls drop", message_id="<first@acme.example>"))
+    _claimed_elsewhere(db, clock[0])
+    reply = receive(
+        db, mail_bytes(subject="Re: Calls drop", body="Again", in_reply_to="<first@acme.example>")
+    )
+    boom = receive(db, mail_bytes(subject="Boom"))
+    failing = _FailsOn(make_registrar(desk, tmp_path, clock=lambda: clock[0]), "Boom")
+    assert pipeline_for(db, cast(Registrar, failing), clock=clock).work_all() == 2
+    assert item(db, boom).state is InboundState.FAILED
+    held = item(db, reply)
+    assert (held.state, held.attempts) == (InboundState.PENDING, 0)
+    assert held.next_attempt_at == clock[0] + dt.timedelta(seconds=1)
+
+
 def test_a_reply_waits_no_longer_than_the_limit(
     db: Database, seed: Seed, timed: Pipeline, clock: list[dt.datetime]
 ) -> None:
