@@ -38,7 +38,7 @@ from parsers.headers import split_header_block
 from parsers.model import Found, ParsedMail
 from parsers.options import DEFAULT_OPTIONS, ParseOptions
 from parsers.request import parse_mail
-from parsers.verdict import verdict
+from parsers.verdict import Verdict, verdict
 from storage import blobs, inbound
 from storage.blobs import BlobStore
 from storage.models import (
@@ -272,7 +272,9 @@ class Registrar:
                     in_reply_to=mail.in_reply_to,
                     inbound_id=item.id,
                     matched_by=matched_by,
-                    verdict=verdict(mail.new_text, mail.signature),
+                    # A reply that says nothing (a screenshot alone) still reaches the
+                    # staff when its ticket is resolved.
+                    verdict=verdict(mail.new_text, mail.signature) or Verdict.ACKNOWLEDGES,
                     sender_email=_address(mail.from_address),
                 ),
                 actor=PIPELINE_ACTOR,

@@ -895,6 +895,32 @@ def test_thanks_leave_the_resolved_ticket_waiting_for_confirmation(
     assert _told(db, ticket.id)[-1] == ("follow_up", "acknowledged")
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "judged"),
+    [
+        # The reply splitter takes a lone "Thanks!" with the name after it as signature.
+        (
+            "Thanks!\n\nJohn Smith\nIT manager\nAcme Corp\nPhone +1 555 0100",
+            Status.RESOLVED,
+            "acknowledged",
+        ),
+        ("Спасибо, проблема решена", Status.RESOLVED, "acknowledged"),
+        # A screenshot alone: nothing said, and the staff are told all the same.
+        ("", Status.RESOLVED, "acknowledged"),
+        # "Confirm" in it, but what it confirms is the problem.
+        ("I confirm the problem is still there.", Status.IN_PROGRESS, "reopened"),
+    ],
+)
+def test_only_a_plain_confirmation_closes_and_only_what_is_wrong_reopens(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline], body: str, status: Status, judged: str
+) -> None:
+    desk, pipeline = told
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, body)
+    assert _status(db, ticket.id) == (status, None)
+    assert _told(db, ticket.id)[-1] == ("follow_up", judged)
+
+
 def test_a_reply_to_a_closed_ticket_is_kept_and_changes_nothing(
     db: Database, seed: Seed, told: tuple[Desk, Pipeline]
 ) -> None:

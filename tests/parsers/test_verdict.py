@@ -18,34 +18,53 @@ CONFIRMS, OBJECTS, ACKNOWLEDGES = Verdict.CONFIRMS, Verdict.OBJECTS, Verdict.ACK
         ("confirmed", CONFIRMS),
         ("Confirmed.", CONFIRMS),
         ("I confirm", CONFIRMS),
+        ("We confirm the solution", CONFIRMS),
         ("Yes, confirmed, thank you", CONFIRMS),
         ("Hello,\n\nconfirmed\n", CONFIRMS),
         ("Hi John, yes, we confirm.", CONFIRMS),
         ("Подтверждаю", CONFIRMS),
+        ("Подтверждаю решение", CONFIRMS),
         ("Да, подтверждаем", CONFIRMS),
         ("Добрый день, коллеги! Подтверждаю.", CONFIRMS),
-        ("Confirmed, but please also look at the reports page", CONFIRMS),
-        # Short, nothing wrong, and a confirmation in it.
+        # Beside it only thanks, "it works", a sign-off and a name on its own line.
         ("Thank you, confirmed.", CONFIRMS),
         ("Всё работает, подтверждаю, спасибо!", CONFIRMS),
-        # An objection says what is wrong, or says more than a few words.
+        ("Confirmed.\nJohn Smith", CONFIRMS),
+        ("Подтверждаю.\n\nС уважением,\nИван Петров", CONFIRMS),
+        # An objection says what is still wrong, whatever else it says.
         ("Not confirmed, it still crashes", OBJECTS),
         ("Can't confirm: the error is back", OBJECTS),
+        ("Cannot confirm", OBJECTS),
+        ("I dont confirm", OBJECTS),
+        ("Partially confirmed", OBJECTS),
         ("Не подтверждаю, ошибка осталась", OBJECTS),
+        ("Подтверждаю, что ошибка не исправлена: софтфон всё так же молчит.", OBJECTS),
+        ("Мы подтверждаем, что проблема осталась", OBJECTS),
+        ("I confirm the problem is still there.", OBJECTS),
+        ("Yes, I confirm that the update is installed, but the error remains", OBJECTS),
+        ("Confirmed: still broken", OBJECTS),
+        ("Confirmed. Error", OBJECTS),
+        ("Confirmed, but please also look at the reports page", OBJECTS),
         ("Здравствуйте! Проблема не решена", OBJECTS),
         ("Thanks, but the softphone still does not ring", OBJECTS),
-        ("Hello, the problem is still there after the update.", OBJECTS),
+        # Neither: questions, a confirmation put off or of something else, thanks, "OK",
+        # and what names nothing wrong, however long: the staff read it.
+        ("Confirmed?", ACKNOWLEDGES),
+        ("Can you confirm the fix is deployed?", ACKNOWLEDGES),
+        ("I'll confirm tomorrow after testing", ACKNOWLEDGES),
+        ("Подтверждаю получение письма, проверим завтра.", ACKNOWLEDGES),
+        ("Confirmed. Wait", ACKNOWLEDGES),
+        ("Thanks, it works!", ACKNOWLEDGES),
+        ("Спасибо, проблема решена", ACKNOWLEDGES),
+        ("No problem, thanks!", ACKNOWLEDGES),
+        ("Всё работает, ошибок нет, спасибо", ACKNOWLEDGES),
+        ("Спасибо!", ACKNOWLEDGES),
+        ("OK", ACKNOWLEDGES),
         (
             "After the update the operators see the queue panel twice, and the "
             "supervisor's report shows yesterday's figures.",
-            OBJECTS,
+            ACKNOWLEDGES,
         ),
-        # A question about confirming is not a confirmation.
-        ("Confirmed?", ACKNOWLEDGES),
-        # Neither: thanks, "OK".
-        ("Thanks, it works!", ACKNOWLEDGES),
-        ("Спасибо!", ACKNOWLEDGES),
-        ("OK", ACKNOWLEDGES),
         # Nothing said.
         ("", None),
         ("   \n ", None),
@@ -56,15 +75,17 @@ def test_verdict(text: str, expected: Verdict | None) -> None:
     assert verdict(text) is expected
 
 
-def test_a_sign_off_alone_is_read_from_the_signature() -> None:
+def test_a_sign_off_alone_is_read_from_the_first_line_of_the_signature() -> None:
     # The reply splitter takes "Спасибо!" with what follows as the signature.
-    assert verdict("", "Спасибо!\nИван Петров") is ACKNOWLEDGES
+    signature = "Спасибо!\n\nС уважением,\nИван Петров\nинженер, ООО «Ромашка»\n+7 495 123-45-67"
+    assert verdict("", signature) is ACKNOWLEDGES
     assert verdict("", "") is None
 
 
 def test_only_the_start_of_a_long_reply_is_read() -> None:
-    assert verdict("Confirmed. " + "x " * 100_000) is CONFIRMS
-    assert verdict("x " * 100_000 + " confirmed") is OBJECTS
+    assert verdict("Cannot confirm. " + "x " * 100_000) is OBJECTS
+    # What is wrong past the start is the customer's argument, read by the staff.
+    assert verdict("x " * 100_000 + " not confirmed") is ACKNOWLEDGES
 
 
 @given(st.text(max_size=300))
