@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from intake.registrar import Mark, Prepared, Registrar
+from intake.registrar import Outcome, Prepared, Registrar
 from storage import inbound
 from storage.db import Database
 from storage.models import InboundItem, InboundState, utcnow
@@ -229,6 +229,8 @@ class Pipeline:
                 self._process([item], [work], claim_next=False)
             return ()
         self._wake_outbox()
+        if marks.again_at is not None:
+            self._wake_at(marks.again_at)
         return following
 
     def _prepare(self, item: InboundItem) -> Prepared | Exception:
@@ -254,14 +256,14 @@ class Pipeline:
         label = _label(item, work)
         if isinstance(work, Prepared) and not guarded:
             outcome = self.registrar.apply(session, item, work, settled=marks.settled)
-            marks.add(item.id, outcome.mark)
+            marks.add(item.id, outcome)
             log.info("%s: %s", label, outcome.summary)
             return
         if isinstance(work, Prepared):
             try:
                 with session.begin_nested():
                     outcome = self.registrar.apply(session, item, work, settled=marks.settled)
-                marks.add(item.id, outcome.mark)
+                marks.add(item.id, outcome)
                 log.info("%s: %s", label, outcome.summary)
                 return
             except Exception as exc:
@@ -272,6 +274,14 @@ class Pipeline:
     def _wake_outbox(self) -> None:
         if self.after_commit is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.after_commit)
+
+    def _wake_at(self, when: dt.datetime) -> None:
+        """Wake a worker when a mail put back to wait is due again: what it waits for is
+        mostly done within the second, long before the next poll."""
+        if self._loop is not None:
+            # A moment past it: the claim compares the store's times with this clock.
+            delay = max((when - self.clock()).total_seconds(), 0.0) + 0.05
+            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.wakeup.set)
 
     def _still_ours(self, session: Session, items: Sequence[InboundItem]) -> set[int]:
         """The items whose claim still holds, locked: a lease that ran out may have let
@@ -317,8 +327,13 @@ class _Marks:
         self.tickets: dict[int, int] = {}
         # What the registrar must not wait for: marked, though not written yet.
         self.settled: set[int] = set()
+        # When the first of the items put back to wait is due again.
+        self.again_at: dt.datetime | None = None
 
-    def add(self, item_id: int, mark: Mark | None) -> None:
+    def add(self, item_id: int, outcome: Outcome) -> None:
+        mark = outcome.mark
+        if outcome.again_at is not None:
+            self.again_at = min(self.again_at or outcome.again_at, outcome.again_at)
         if mark is None:
             return
         self.settled.add(item_id)

@@ -147,8 +147,10 @@ class Mark:
 class Outcome:
     ticket_number: str | None
     summary: str
-    # None when the item was put back to wait (Registrar._waits), which is written at once.
+    # None when the item was put back to wait (Registrar._waits), which is written at once;
+    # it is due again at ``again_at``.
     mark: Mark | None = None
+    again_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,9 @@ class Registrar:
         waits = self._waits(item, mail, unfinished, copies=copies)
         if waits is not None:
             inbound.hold(session, item, reason=waits.reason, until=waits.until)
-            return Outcome(None, f"{waits.reason}; again at {waits.until:%H:%M:%S}")
+            return Outcome(
+                None, f"{waits.reason}; again at {waits.until:%H:%M:%S}", again_at=waits.until
+            )
         if found is not None:
             ticket_id, matched_by = found
             followed = self.desk.add_follow_up(

@@ -1014,3 +1014,34 @@ async def test_mail_arriving_while_a_worker_has_a_batch_in_hand_goes_into_its_ne
         await task
     # The other workers waited their turn, and the three gathered into one batch.
     assert claimed == [[first], later]
+
+
+async def test_a_worker_wakes_when_a_mail_put_back_to_wait_is_due(
+    db: Database, seed: Seed, registrar: Registrar
+) -> None:
+    committed = asyncio.Event()
+    pipeline = Pipeline(
+        db, registrar, workers=1, max_attempts=3, poll_interval=3600, after_commit=committed.set
+    )
+    first = receive(db, mail_bytes(subject="Calls drop", message_id="<first@acme.example>"))
+    original = _claimed_elsewhere(db, dt.datetime.now(dt.UTC))
+    reply = receive(
+        db, mail_bytes(subject="Re: Calls drop", body="Again", in_reply_to="<first@acme.example>")
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stopping))
+    try:
+        async with asyncio.timeout(30):
+            while item(db, reply).reason is None:
+                await committed.wait()
+                committed.clear()
+            # The mail it answers is registered meanwhile, and nobody tells the worker.
+            await asyncio.to_thread(pipeline.process, [original])
+            # Due a second after it was put back, not at the next poll an hour away.
+            while item(db, reply).state is not InboundState.DONE:
+                await committed.wait()
+                committed.clear()
+    finally:
+        stopping.set()
+        await task
+    assert item(db, reply).ticket_id == item(db, first).ticket_id is not None
