@@ -169,6 +169,18 @@ _RESPONSIBLE = select(_CONTACTS.c.id).where(
     _CONTACTS.c.customer_id == bindparam("customer_id"),
     _CONTACTS.c.responsible.is_(True),
 )
+# Whether the sender speaks for the ticket's customer at all: one of its contacts, or an
+# address at one of its domains (space-separated; compared whole in Python).
+_OF_CUSTOMER = select(
+    _CUSTOMERS.c.domains,
+    select(_CONTACTS.c.id)
+    .where(
+        _CONTACTS.c.email == bindparam("email"),
+        _CONTACTS.c.customer_id == _CUSTOMERS.c.id,
+    )
+    .exists()
+    .label("contact"),
+).where(_CUSTOMERS.c.id == bindparam("customer_id"))
 _TOUCH_TICKET = (
     update(_TICKETS)
     .where(_TICKETS.c.id == bindparam("ticket_id"))
@@ -750,7 +762,11 @@ class Desk:
         status it is left in, and what was judged (for the staff's notification)."""
         event, judged = None, "acknowledged"
         if follow.verdict is Verdict.OBJECTS:
-            event, judged = "reopen", "reopened"
+            if self._of_customer(session, follow.sender_email, customer_id):
+                event, judged = "reopen", "reopened"
+            else:
+                # Someone outside the customer, on the thread: the staff read it.
+                judged = "not_customer"
         elif follow.verdict is Verdict.CONFIRMS:
             responsible = follow.sender_email is not None and session.execute(
                 _RESPONSIBLE, {"email": follow.sender_email, "customer_id": customer_id}
@@ -777,6 +793,17 @@ class Desk:
         session.refresh(ticket, ["status"])
         self.apply(session, ticket, event, actor=actor)
         return ticket.status, judged
+
+    def _of_customer(self, session: Session, email: str | None, customer_id: int) -> bool:
+        """Whether ``email`` speaks for the customer: one of its contacts, or at one of its
+        domains."""
+        if email is None:
+            return False
+        found = session.execute(_OF_CUSTOMER, {"email": email, "customer_id": customer_id}).first()
+        if found is None:
+            return False
+        domain = email.rpartition("@")[2].lower()
+        return bool(found.contact) or domain in found.domains.lower().split()
 
     def _priority_for(self, request: NewRequest, package: SupportPackage) -> Priority:
         base = PRIORITY_BY_KIND[request.kind]

@@ -884,6 +884,32 @@ def test_an_argued_objection_reopens_the_resolved_ticket(
     assert _told(db, ticket.id) == [("status_in_progress", None), ("follow_up", "reopened")]
 
 
+@pytest.mark.parametrize(
+    ("sender", "status", "judged"),
+    [
+        # A colleague at the customer's domain, not a contact yet, speaks for the customer.
+        ("Boris <boris@acme.example>", Status.IN_PROGRESS, "reopened"),
+        # Someone outside the customer who found the thread does not reopen its ticket.
+        ("Mallory <mallory@elsewhere.example>", Status.RESOLVED, "not_customer"),
+    ],
+)
+def test_only_the_customers_people_reopen_a_resolved_ticket(
+    db: Database,
+    seed: Seed,
+    told: tuple[Desk, Pipeline],
+    sender: str,
+    status: Status,
+    judged: str,
+) -> None:
+    desk, pipeline = told
+    with db.transaction() as session:
+        session.get_one(Customer, seed.customer_id).domains = "acme.example"
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, "It is still broken after the update.", sender=sender)
+    assert _status(db, ticket.id) == (status, None)
+    assert _told(db, ticket.id)[-1] == ("follow_up", judged)
+
+
 def test_thanks_leave_the_resolved_ticket_waiting_for_confirmation(
     db: Database, seed: Seed, told: tuple[Desk, Pipeline]
 ) -> None:
