@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    or_,
     select,
     true,
     update,
@@ -151,6 +152,7 @@ _FOLLOWED_TICKET = (
         _TICKETS.c.number,
         _TICKETS.c.status,
         _TICKETS.c.customer_id,
+        _TICKETS.c.contact_id,
         _CONTACTS.c.email,
         _CONTACTS.c.language,
     )
@@ -164,19 +166,23 @@ _TICKET_ID_BY_NUMBER: tuple[Select[int], ...] = (
     select(_TICKETS.c.id).where(func.upper(_TICKETS.c.number) == bindparam("upper")),
 )
 # Whether the sender may confirm a solution for the ticket's customer.
+# Whether the sender may confirm a solution for the ticket's customer. Addresses are
+# compared whole and without case: a mail server may write Anna@ for anna@.
 _RESPONSIBLE = select(_CONTACTS.c.id).where(
-    _CONTACTS.c.email == bindparam("email"),
+    func.lower(_CONTACTS.c.email) == func.lower(bindparam("email")),
     _CONTACTS.c.customer_id == bindparam("customer_id"),
     _CONTACTS.c.responsible.is_(True),
 )
-# Whether the sender speaks for the ticket's customer at all: one of its contacts, or an
-# address at one of its domains (space-separated; compared whole in Python).
+# Whether the sender speaks for the ticket's customer: the one who asked, a responsible
+# contact, or an address at one of its domains (space-separated; compared whole in Python).
+# Not every contact: unknown senders are all contacts of one "unassigned" customer.
 _OF_CUSTOMER = select(
     _CUSTOMERS.c.domains,
     select(_CONTACTS.c.id)
     .where(
-        _CONTACTS.c.email == bindparam("email"),
+        func.lower(_CONTACTS.c.email) == func.lower(bindparam("email")),
         _CONTACTS.c.customer_id == _CUSTOMERS.c.id,
+        or_(_CONTACTS.c.responsible.is_(True), _CONTACTS.c.id == bindparam("asked_by")),
     )
     .exists()
     .label("contact"),
@@ -710,7 +716,7 @@ class Desk:
             # The journal first, then the change it leads to.
             session.execute(_INSERT_JOURNAL, journal)
             status, judged = self._answer_to_solution(
-                session, ticket_id, ticket.customer_id, follow, actor
+                session, ticket_id, (ticket.customer_id, ticket.contact_id), follow, actor
             )
             journal = []
             outbox += [
@@ -754,15 +760,22 @@ class Desk:
         return FollowedUp(ticket_id, ticket.number, message_id)
 
     def _answer_to_solution(
-        self, session: Session, ticket_id: int, customer_id: int, follow: FollowUp, actor: str
+        self,
+        session: Session,
+        ticket_id: int,
+        asked: tuple[int, int | None],
+        follow: FollowUp,
+        actor: str,
     ) -> tuple[Status, str]:
         """A customer's mail about a resolved ticket (ARCHITECTURE.md, the regulation): a
-        responsible contact's confirmation closes it, an argued objection reopens it, and
-        anything else leaves it resolved (the staff are told of every such mail). The
+        responsible contact's confirmation closes it, an argued objection from the
+        customer's people reopens it, and anything else leaves it resolved (the staff are
+        told of every such mail). ``asked`` is the ticket's customer and contact. The
         status it is left in, and what was judged (for the staff's notification)."""
+        customer_id, contact_id = asked
         event, judged = None, "acknowledged"
         if follow.verdict is Verdict.OBJECTS:
-            if self._of_customer(session, follow.sender_email, customer_id):
+            if self._of_customer(session, follow.sender_email, customer_id, contact_id):
                 event, judged = "reopen", "reopened"
             else:
                 # Someone outside the customer, on the thread: the staff read it.
@@ -794,12 +807,16 @@ class Desk:
         self.apply(session, ticket, event, actor=actor)
         return ticket.status, judged
 
-    def _of_customer(self, session: Session, email: str | None, customer_id: int) -> bool:
-        """Whether ``email`` speaks for the customer: one of its contacts, or at one of its
-        domains."""
+    def _of_customer(
+        self, session: Session, email: str | None, customer_id: int, asked_by: int | None
+    ) -> bool:
+        """Whether ``email`` speaks for the customer: the contact who asked (``asked_by``),
+        a responsible contact, or an address at one of its domains."""
         if email is None:
             return False
-        found = session.execute(_OF_CUSTOMER, {"email": email, "customer_id": customer_id}).first()
+        found = session.execute(
+            _OF_CUSTOMER, {"email": email, "customer_id": customer_id, "asked_by": asked_by}
+        ).first()
         if found is None:
             return False
         domain = email.rpartition("@")[2].lower()

@@ -278,7 +278,13 @@ class Registrar:
                     matched_by=matched_by,
                     # A reply that says nothing (a screenshot alone) still reaches the
                     # staff when its ticket is resolved.
-                    verdict=verdict(mail.new_text, mail.signature) or Verdict.ACKNOWLEDGES,
+                    verdict=verdict(
+                        mail.new_text,
+                        mail.signature,
+                        quoted=mail.quoted_text,
+                        sender_name=mail.sender_name,
+                    )
+                    or Verdict.ACKNOWLEDGES,
                     sender_email=_address(mail.from_address),
                 ),
                 actor=PIPELINE_ACTOR,

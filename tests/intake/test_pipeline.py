@@ -910,6 +910,48 @@ def test_only_the_customers_people_reopen_a_resolved_ticket(
     assert _told(db, ticket.id)[-1] == ("follow_up", judged)
 
 
+def test_one_unknown_sender_does_not_reopen_anothers_ticket(
+    db: Database, seed: Seed, told: tuple[Desk, Pipeline]
+) -> None:
+    # Unknown senders are all contacts of the one "unassigned" customer.
+    desk, pipeline = told
+    asked = registered(db, mail_bytes(subject="Calls drop", sender="x@stranger.example"), pipeline)
+    registered(db, mail_bytes(subject="Other", sender="mallory@elsewhere.example"), pipeline)
+    with db.transaction() as session:
+        current = session.get_one(Ticket, asked.id)
+        desk.apply(session, current, "take", actor="alice")
+        desk.apply(session, current, "resolve", actor="alice", note="Update the softphone.")
+    broken = "It is still broken after the update."
+    _answer(db, pipeline, asked, broken, sender="Mallory <mallory@elsewhere.example>")
+    assert _status(db, asked.id) == (Status.RESOLVED, None)
+    assert _told(db, asked.id)[-1] == ("follow_up", "not_customer")
+    # The one who asked does.
+    _answer(db, pipeline, asked, broken, sender="X <x@stranger.example>")
+    assert _status(db, asked.id) == (Status.IN_PROGRESS, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ("Confirmed.", Status.CLOSED, CloseReason.CONFIRMED),
+        ("It is still broken after the update.", Status.IN_PROGRESS, None),
+    ],
+)
+def test_the_responsible_contacts_address_is_hers_in_any_case(
+    db: Database,
+    seed: Seed,
+    told: tuple[Desk, Pipeline],
+    body: str,
+    status: Status,
+    reason: CloseReason | None,
+) -> None:
+    # Her mail server writes Anna@ where the desk knows anna@.
+    desk, pipeline = told
+    ticket = _resolved(db, desk, pipeline)
+    _answer(db, pipeline, ticket, body, sender="Anna <Anna@acme.example>")
+    assert _status(db, ticket.id) == (status, reason)
+
+
 def test_thanks_leave_the_resolved_ticket_waiting_for_confirmation(
     db: Database, seed: Seed, told: tuple[Desk, Pipeline]
 ) -> None:
@@ -935,6 +977,18 @@ def test_thanks_leave_the_resolved_ticket_waiting_for_confirmation(
         ("", Status.RESOLVED, "acknowledged"),
         # "Confirm" in it, but what it confirms is the problem.
         ("I confirm the problem is still there.", Status.IN_PROGRESS, "reopened"),
+        # Confirmed at the top, and an answer written inside the quote.
+        (
+            "Confirmed.\n\n> Did the reports page recover?\nNo\n",
+            Status.RESOLVED,
+            "acknowledged",
+        ),
+        # Confirmed, and something wrong after the signature.
+        (
+            "Подтверждаю.\n\nС уважением,\nИван Петров\nP.S. Отчёты пустые",
+            Status.RESOLVED,
+            "acknowledged",
+        ),
     ],
 )
 def test_only_a_plain_confirmation_closes_and_only_what_is_wrong_reopens(

@@ -29,8 +29,6 @@ CONFIRMS, OBJECTS, ACKNOWLEDGES = Verdict.CONFIRMS, Verdict.OBJECTS, Verdict.ACK
         # Beside it only thanks, "it works", a sign-off and a name on its own line.
         ("Thank you, confirmed.", CONFIRMS),
         ("Всё работает, подтверждаю, спасибо!", CONFIRMS),
-        ("Confirmed.\nJohn Smith", CONFIRMS),
-        ("Подтверждаю.\n\nС уважением,\nИван Петров", CONFIRMS),
         # An objection says what is still wrong, whatever else it says.
         ("Not confirmed, it still crashes", OBJECTS),
         ("Can't confirm: the error is back", OBJECTS),
@@ -42,11 +40,25 @@ CONFIRMS, OBJECTS, ACKNOWLEDGES = Verdict.CONFIRMS, Verdict.OBJECTS, Verdict.ACK
         ("Мы подтверждаем, что проблема осталась", OBJECTS),
         ("I confirm the problem is still there.", OBJECTS),
         ("Yes, I confirm that the update is installed, but the error remains", OBJECTS),
-        ("Confirmed: still broken", OBJECTS),
-        ("Confirmed. Error", OBJECTS),
-        ("Confirmed, but please also look at the reports page", OBJECTS),
         ("Здравствуйте! Проблема не решена", OBJECTS),
         ("Thanks, but the softphone still does not ring", OBJECTS),
+        # A confirmation with something wrong beside it: the staff decide.
+        ("Confirmed: still broken", ACKNOWLEDGES),
+        ("Confirmed. Error", ACKNOWLEDGES),
+        ("Confirmed, but please also look at the reports page", ACKNOWLEDGES),
+        ("Confirmed, the error no longer appears.", ACKNOWLEDGES),
+        ("Hi the softphone still does not ring, I confirm it", ACKNOWLEDGES),
+        ("Confirmed. No further action needed.", CONFIRMS),
+        ("Thanks, no rush.", ACKNOWLEDGES),
+        # What the greeting's piece holds besides a greeting and a name is said.
+        ("Здравствуйте, звонки теряются! Подтверждаю.", ACKNOWLEDGES),
+        ("Hello, reports empty. Confirmed.", ACKNOWLEDGES),
+        ("Добрый день ошибка осталась\nПодтверждаю", ACKNOWLEDGES),
+        # Whatever cannot be read (a word on its own line, an emoticon) is said too.
+        ("Confirmed.\nAlmost", ACKNOWLEDGES),
+        ("Подтверждаю.\nЗавтра", ACKNOWLEDGES),
+        ("Confirmed. 👎", ACKNOWLEDGES),
+        ("Подтверждаю... :(", ACKNOWLEDGES),
         # Neither: questions, a confirmation put off or of something else, thanks, "OK",
         # and what names nothing wrong, however long: the staff read it.
         ("Confirmed?", ACKNOWLEDGES),
@@ -73,6 +85,30 @@ CONFIRMS, OBJECTS, ACKNOWLEDGES = Verdict.CONFIRMS, Verdict.OBJECTS, Verdict.ACK
 )
 def test_verdict(text: str, expected: Verdict | None) -> None:
     assert verdict(text) is expected
+
+
+def test_a_name_beside_a_confirmation_is_the_senders_own() -> None:
+    assert verdict("Confirmed.\nJohn Smith", sender_name="John Smith") is CONFIRMS
+    signed = "Подтверждаю.\n\nС уважением,\nИван Петров"
+    assert verdict(signed, sender_name="Петров Иван") is CONFIRMS
+    # Anyone else's words on the last line are said, even capitalised ones.
+    assert verdict("Confirmed.\nReports Missing", sender_name="John Smith") is ACKNOWLEDGES
+    assert verdict("Confirmed.\nJohn Smith") is ACKNOWLEDGES
+    # A name that reads like trouble is no complaint.
+    assert verdict("Confirmed.\nIvan Bugaev", sender_name="Ivan Bugaev") is CONFIRMS
+
+
+def test_what_follows_the_signature_or_answers_inside_the_quote_is_said_too() -> None:
+    assert verdict("Подтверждаю.", "С уважением,\nИван\nP.S. Отчёты пустые") is ACKNOWLEDGES
+    assert verdict("Confirmed.", "Regards,\nIvan\nExport fails") is ACKNOWLEDGES
+    quoted = "> Did the reports page recover?\nNo\n"
+    assert verdict("Confirmed.", quoted=quoted) is ACKNOWLEDGES
+    # A plain quote under the confirmation, and a plain signature, are what they seem.
+    assert verdict("Confirmed.", "Regards,\nIvan", quoted="> Fixed in 3.2.1.\n") is CONFIRMS
+
+
+def test_a_confirmation_in_a_reply_longer_than_what_is_read_is_left_to_the_staff() -> None:
+    assert verdict("Confirmed. " + "Thanks. " * 1000) is ACKNOWLEDGES
 
 
 def test_a_sign_off_alone_is_read_from_the_first_line_of_the_signature() -> None:
