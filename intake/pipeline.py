@@ -92,7 +92,9 @@ class Pipeline:
             await asyncio.gather(*(self._work(stopping, executor) for _ in range(self.workers)))
         finally:
             # Not waiting: a cancelled run must not block the loop on an item in hand, which
-            # its thread finishes (or leaves to the lease) on its own.
+            # its thread finishes (or leaves to the lease) on its own, then wakes nobody in
+            # a loop that may be closed by then.
+            self._loop = None
             executor.shutdown(wait=False)
 
     async def _work(self, stopping: asyncio.Event, executor: ThreadPoolExecutor) -> None:
@@ -272,16 +274,23 @@ class Pipeline:
         self._failed(session, item, label, _error(work))
 
     def _wake_outbox(self) -> None:
-        if self.after_commit is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.after_commit)
+        if self.after_commit is not None:
+            self._in_loop(self.after_commit)
 
     def _wake_at(self, when: dt.datetime) -> None:
         """Wake a worker when a mail put back to wait is due again: what it waits for is
         mostly done within the second, long before the next poll."""
-        if self._loop is not None:
-            # A moment past it: the claim compares the store's times with this clock.
-            delay = max((when - self.clock()).total_seconds(), 0.0) + 0.05
-            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.wakeup.set)
+        # A moment past it: the claim compares the store's times with this clock.
+        delay = max((when - self.clock()).total_seconds(), 0.0) + 0.05
+        self._in_loop(lambda: asyncio.get_running_loop().call_later(delay, self.wakeup.set))
+
+    def _in_loop(self, call: Callable[[], object]) -> None:
+        """``call`` in the running loop, from a worker's thread; none once the run is over
+        (the loop may be closing)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(call)
 
     def _still_ours(self, session: Session, items: Sequence[InboundItem]) -> set[int]:
         """The items whose claim still holds, locked: a lease that ran out may have let
