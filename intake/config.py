@@ -546,6 +546,7 @@ class PipelineSettings(_Section):
     lease: PositiveFloat = 300.0
     unknown_sender: Literal["register", "reject"] = "register"
     unassigned_customer: Text = "unassigned"
+    authserv_id: str = ""
 
 
 class ImapMailbox(_Section):

@@ -444,6 +444,8 @@ class FollowUp:
     # address, normalised): only a contact responsible for the customer may confirm.
     verdict: Verdict | None = None
     sender_email: str | None = None
+    # False when our receiving server was to vouch for the sender and did not.
+    authenticated: bool = True
 
 
 @dataclass(frozen=True)
@@ -784,10 +786,14 @@ class Desk:
             responsible = follow.sender_email is not None and session.execute(
                 _RESPONSIBLE, {"email": follow.sender_email, "customer_id": customer_id}
             ).first()
-            if responsible:
+            if responsible and follow.authenticated:
                 event, judged = "confirm", "confirmed"
             else:
-                judged = "not_responsible"
+                judged, reason = (
+                    ("unauthenticated", "the receiving server did not vouch for the sender")
+                    if responsible
+                    else ("not_responsible", "not a responsible contact of the customer")
+                )
                 session.execute(
                     _INSERT_JOURNAL,
                     [
@@ -796,7 +802,7 @@ class Desk:
                             actor,
                             "confirmation_refused",
                             sender=follow.sender_email or follow.author,
-                            reason="not a responsible contact of the customer",
+                            reason=reason,
                         )
                     ],
                 )

@@ -35,6 +35,7 @@ def registrar(settings: Settings, desk: Desk) -> Registrar:
         MailIdentity(
             from_address=settings.outbound.from_address,
             message_id_domain=settings.outbound.message_id_domain,
+            authserv_id=pipeline.authserv_id,
         ),
         parse_options(settings),
     )

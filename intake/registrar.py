@@ -34,7 +34,8 @@ from intake.desk import Desk, DeskError, Environment, FollowUp, NewRequest, NotF
 from intake.directory import normalize_email
 from intake.rules import Decision, Rule, RuleContext, decide
 from intake.senders import SenderPolicy, match_sender
-from parsers.headers import split_header_block
+from parsers.authresults import result_of
+from parsers.headers import HeaderBlock, split_header_block
 from parsers.model import Found, ParsedMail
 from parsers.options import DEFAULT_OPTIONS, ParseOptions
 from parsers.request import parse_mail
@@ -127,6 +128,8 @@ class Prepared:
     mail: ParsedMail
     decision: Decision | None
     files: tuple[StoredFile, ...]
+    # Whether our receiving server vouches for the sender (DMARC), where it is asked to.
+    authenticated: bool = True
 
     @property
     def label(self) -> str:
@@ -170,10 +173,13 @@ class _Wait:
 
 @dataclass(frozen=True)
 class MailIdentity:
-    """Our own addresses, for the loop rule and for the polite refusal."""
+    """Our own addresses, for the loop rule and for the polite refusal; and the name our
+    receiving mail server gives itself in Authentication-Results, when its word on a
+    sender is to be required before the sender's mail may close a ticket."""
 
     from_address: str
     message_id_domain: str
+    authserv_id: str = ""
 
 
 class Registrar:
@@ -202,7 +208,17 @@ class Registrar:
         decision = decide(self.rules, mail, context)
         if decision is not None:
             return Prepared(mail, decision, ())
-        return Prepared(mail, None, self._store_files(mail))
+        return Prepared(mail, None, self._store_files(mail), self._authenticated(headers))
+
+    def _authenticated(self, headers: HeaderBlock) -> bool:
+        """True unless our receiving server is to vouch for senders (``authserv_id``) and
+        did not: no DMARC pass in its Authentication-Results."""
+        if not self.identity.authserv_id:
+            return True
+        found = [
+            value.decode("ascii", "replace") for value in headers.raw_all("authentication-results")
+        ]
+        return result_of("dmarc", found, self.identity.authserv_id) == "pass"
 
     def _store_files(self, mail: ParsedMail) -> tuple[StoredFile, ...]:
         stored = [
@@ -285,6 +301,7 @@ class Registrar:
                         sender_name=mail.sender_name,
                     )
                     or Verdict.ACKNOWLEDGES,
+                    authenticated=prepared.authenticated,
                     sender_email=_address(mail.from_address),
                 ),
                 actor=PIPELINE_ACTOR,

@@ -17,6 +17,7 @@ import pydantic
 import pytest
 from pydantic import BaseModel
 
+from intake import mailflow
 from intake.config import (
     CommandSecret,
     ConfigError,
@@ -28,6 +29,7 @@ from intake.config import (
     locate_config,
     read_secret,
 )
+from intake.desk import Desk, DeskRules
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 
@@ -434,6 +436,13 @@ def test_message_id_domain_defaults_to_the_sender_domain(tmp_path: Path) -> None
     settings = load(tmp_path, '[outbound]\nfrom_address = "help@Support.Example.com"\n')
 
     assert settings.outbound.message_id_domain == "support.example.com"
+
+
+def test_the_receiving_servers_authserv_id_reaches_the_registrar(tmp_path: Path) -> None:
+    settings = load(tmp_path, '[pipeline]\nauthserv_id = "mx.support.example"\n')
+    registrar = mailflow.registrar(settings, Desk(DeskRules(packages={})))
+    assert registrar.identity.authserv_id == "mx.support.example"
+    assert load(tmp_path, "").pipeline.authserv_id == ""
 
 
 def test_duplicate_mailbox_names_are_refused(tmp_path: Path) -> None:

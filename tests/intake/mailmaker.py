@@ -61,13 +61,16 @@ def make_registrar(
     *,
     policy: SenderPolicy | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
+    authserv_id: str = "",
 ) -> Registrar:
     return Registrar(
         desk,
         BlobStore(tmp_path / "blobs"),
         builtin_rules(),
         policy or SenderPolicy(),
-        MailIdentity(from_address=OUR_ADDRESS, message_id_domain=OUR_DOMAIN),
+        MailIdentity(
+            from_address=OUR_ADDRESS, message_id_domain=OUR_DOMAIN, authserv_id=authserv_id
+        ),
         ParseOptions(number_pattern=number_tag_pattern(desk.rules.number_format)),
         clock=clock,
     )

@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from PIL import Image
@@ -810,7 +810,7 @@ def _resolved(db: Database, desk: Desk, pipeline: Pipeline) -> Ticket:
     return ticket
 
 
-def _answer(db: Database, pipeline: Pipeline, ticket: Ticket, body: str, **fields: str) -> None:
+def _answer(db: Database, pipeline: Pipeline, ticket: Ticket, body: str, **fields: Any) -> None:
     registered(
         db, mail_bytes(subject=f"Re: [{ticket.number}] Solution", body=body, **fields), pipeline
     )
@@ -950,6 +950,34 @@ def test_the_responsible_contacts_address_is_hers_in_any_case(
     ticket = _resolved(db, desk, pipeline)
     _answer(db, pipeline, ticket, body, sender="Anna <Anna@acme.example>")
     assert _status(db, ticket.id) == (status, reason)
+
+
+@pytest.mark.parametrize(
+    ("result", "status", "judged"),
+    [
+        ("mx.intake.test; dmarc=pass header.from=acme", Status.CLOSED, "confirmed"),
+        ("mx.intake.test; dmarc=fail header.from=acme", Status.RESOLVED, "unauthenticated"),
+        # Only our own server's word counts.
+        ("mx.other.example; dmarc=pass header.from=acme", Status.RESOLVED, "unauthenticated"),
+        (None, Status.RESOLVED, "unauthenticated"),
+    ],
+)
+def test_where_configured_only_a_sender_our_server_vouches_for_may_confirm(
+    db: Database,
+    seed: Seed,
+    tmp_path: Path,
+    result: str | None,
+    status: Status,
+    judged: str,
+) -> None:
+    desk = Desk(dataclasses.replace(RULES, staff_chats=(100,)))
+    registrar = make_registrar(desk, tmp_path, authserv_id="mx.intake.test")
+    pipeline = pipeline_for(db, registrar)
+    ticket = _resolved(db, desk, pipeline)
+    headers = {"Authentication-Results": result} if result is not None else {}
+    _answer(db, pipeline, ticket, "Confirmed.", headers=headers)
+    assert _status(db, ticket.id)[0] is status
+    assert _told(db, ticket.id)[-1] == ("follow_up", judged)
 
 
 def test_thanks_leave_the_resolved_ticket_waiting_for_confirmation(

@@ -120,6 +120,7 @@ def test_staff_message_renders_escaped_in_each_language(
         ("en", "not_responsible", "A confirmation from a contact who may not confirm"),
         ("ru", "acknowledged", "Заявка остаётся решённой и ждёт подтверждения клиента."),
         ("en", "not_customer", "An objection from someone outside the customer"),
+        ("ru", "unauthenticated", "наш почтовый сервер не подтвердил (DMARC)"),
     ],
 )
 def test_staff_are_told_what_a_customers_answer_to_a_solution_did(
