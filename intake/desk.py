@@ -165,7 +165,6 @@ _TICKET_ID_BY_NUMBER: tuple[Select[int], ...] = (
     select(_TICKETS.c.id).where(_TICKETS.c.number == bindparam("number")),
     select(_TICKETS.c.id).where(func.upper(_TICKETS.c.number) == bindparam("upper")),
 )
-# Whether the sender may confirm a solution for the ticket's customer.
 # Whether the sender may confirm a solution for the ticket's customer. Addresses are
 # compared whole and without case: a mail server may write Anna@ for anna@.
 _RESPONSIBLE = select(_CONTACTS.c.id).where(
@@ -440,9 +439,10 @@ class FollowUp:
     in_reply_to: str | None = None
     inbound_id: int | None = None
     matched_by: str = ""
-    # What a customer's mail says of a resolved ticket's solution, and who wrote it (the
-    # address, normalised): only a contact responsible for the customer may confirm.
-    verdict: Verdict | None = None
+    # What a customer's mail says of a resolved ticket's solution, read only when the
+    # ticket is resolved; and who wrote it (the address, normalised): only a contact
+    # responsible for the customer may confirm.
+    judge: Callable[[], Verdict] | None = None
     sender_email: str | None = None
     # False when our receiving server was to vouch for the sender and did not.
     authenticated: bool = True
@@ -699,6 +699,8 @@ class Desk:
         outbox = []
         status = ticket.status
         template, mail = None, None
+        # What a mail about a resolved ticket did, for the staff's notification.
+        judged = None
         if status is Status.WAITING_CUSTOMER:
             event = "customer_replied"
             status = next_status(ticket.status, event)
@@ -714,22 +716,18 @@ class Desk:
             mail = self._contact_mail(
                 ticket.email, ticket.language, ticket.number, status, template, event=event
             )
-        elif status is Status.RESOLVED and follow.verdict is not None:
+        elif status is Status.RESOLVED and follow.judge is not None:
             # The journal first, then the change it leads to.
             session.execute(_INSERT_JOURNAL, journal)
             status, judged = self._answer_to_solution(
-                session, ticket_id, (ticket.customer_id, ticket.contact_id), follow, actor
+                session,
+                ticket_id,
+                (ticket.customer_id, ticket.contact_id),
+                follow,
+                follow.judge(),
+                actor,
             )
             journal = []
-            outbox += [
-                {"ticket_id": ticket_id, **row}
-                for row in self._staff_rows(
-                    ticket.number,
-                    "follow_up",
-                    message=follow.text[:STAFF_EXCERPT_CHARS],
-                    verdict=judged,
-                )
-            ]
         elif status in (Status.NEW, Status.IN_PROGRESS):
             template = "follow_up_received"
             mail = self._contact_mail(
@@ -745,11 +743,14 @@ class Desk:
                 journal.append(self._skipped_row(ticket_id, template))
             else:
                 outbox.append({"ticket_id": ticket_id, **mail})
-        if status is Status.IN_PROGRESS and ticket.status is not Status.RESOLVED:
+        if status is Status.IN_PROGRESS or judged is not None:
             outbox += [
                 {"ticket_id": ticket_id, **row}
                 for row in self._staff_rows(
-                    ticket.number, "follow_up", message=follow.text[:STAFF_EXCERPT_CHARS]
+                    ticket.number,
+                    "follow_up",
+                    message=follow.text[:STAFF_EXCERPT_CHARS],
+                    verdict=judged,
                 )
             ]
         session.execute(
@@ -767,6 +768,7 @@ class Desk:
         ticket_id: int,
         asked: tuple[int, int | None],
         follow: FollowUp,
+        verdict: Verdict,
         actor: str,
     ) -> tuple[Status, str]:
         """A customer's mail about a resolved ticket (ARCHITECTURE.md, the regulation): a
@@ -776,13 +778,13 @@ class Desk:
         status it is left in, and what was judged (for the staff's notification)."""
         customer_id, contact_id = asked
         event, judged = None, "acknowledged"
-        if follow.verdict is Verdict.OBJECTS:
+        if verdict is Verdict.OBJECTS:
             if self._of_customer(session, follow.sender_email, customer_id, contact_id):
                 event, judged = "reopen", "reopened"
             else:
                 # Someone outside the customer, on the thread: the staff read it.
                 judged = "not_customer"
-        elif follow.verdict is Verdict.CONFIRMS:
+        elif verdict is Verdict.CONFIRMS:
             responsible = follow.sender_email is not None and session.execute(
                 _RESPONSIBLE, {"email": follow.sender_email, "customer_id": customer_id}
             ).first()

@@ -292,15 +292,7 @@ class Registrar:
                     in_reply_to=mail.in_reply_to,
                     inbound_id=item.id,
                     matched_by=matched_by,
-                    # A reply that says nothing (a screenshot alone) still reaches the
-                    # staff when its ticket is resolved.
-                    verdict=verdict(
-                        mail.new_text,
-                        mail.signature,
-                        quoted=mail.quoted_text,
-                        sender_name=mail.sender_name,
-                    )
-                    or Verdict.ACKNOWLEDGES,
+                    judge=functools.partial(_verdict, mail),
                     authenticated=prepared.authenticated,
                     sender_email=_address(mail.from_address),
                 ),
@@ -526,6 +518,15 @@ def _answered(mail: ParsedMail) -> list[str]:
     answered = [mail.in_reply_to] if mail.in_reply_to else []
     answered += [ref for ref in reversed(mail.references) if ref not in answered]
     return answered
+
+
+def _verdict(mail: ParsedMail) -> Verdict:
+    """What the mail says of a solution; a reply that says nothing (a screenshot alone)
+    acknowledges, so that it still reaches the staff."""
+    said = verdict(
+        mail.new_text, mail.signature, quoted=mail.quoted_text, sender_name=mail.sender_name
+    )
+    return said or Verdict.ACKNOWLEDGES
 
 
 def _address(raw: str) -> str | None:
