@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -45,6 +46,16 @@ _CLAIMS = (
     .order_by(_INBOUND.c.id)
     .with_for_update()
 )
+
+
+class _Batch(NamedTuple):
+    """Claimed items; ``more`` when the claim left due items behind (a backlog)."""
+
+    items: Sequence[InboundItem]
+    more: bool
+
+
+_NOTHING = _Batch((), False)
 
 
 class Pipeline:
@@ -117,13 +128,13 @@ class Pipeline:
                 self.wakeup.clear()
                 done = 0
                 try:
-                    items = await loop.run_in_executor(executor, self._claim_batch)
-                    self._backlog = len(items) == BATCH
+                    batch = await loop.run_in_executor(executor, self._claim_batch)
+                    self._backlog = batch.more
                     if self._backlog:
                         self._turn.release()
                         turn = False
                     done = await loop.run_in_executor(
-                        executor, self._work_through, items, lambda: not stopping.is_set()
+                        executor, self._work_through, batch, lambda: not stopping.is_set()
                     )
                 except Exception:
                     log.exception(
@@ -138,27 +149,27 @@ class Pipeline:
                     self._turn.release()
 
     def work_all(self, keep_going: Callable[[], bool] = lambda: True) -> int:
-        """Process due items, batch after batch, until a batch comes out short (or
-        ``keep_going`` says stop); how many. What is stored meanwhile waits for the next
-        call, which the worker makes after letting it gather."""
+        """Process due items, batch after batch, until a claim leaves none due behind it
+        (or ``keep_going`` says stop); how many. What is stored meanwhile waits for the
+        next call, which the worker makes after letting it gather."""
         return self._work_through(self._claim_batch(), keep_going)
 
-    def _claim_batch(self) -> Sequence[InboundItem]:
+    def _claim_batch(self) -> _Batch:
         with self.db.transaction() as session:
             return self._claim(session)
 
     def _work_through(
-        self, items: Sequence[InboundItem], keep_going: Callable[[], bool] = lambda: True
+        self, batch: _Batch, keep_going: Callable[[], bool] = lambda: True
     ) -> int:
         count = 0
-        while items:
-            count += len(items)
-            # A full batch means a backlog: the next is claimed in the same transaction.
-            # A partial one means mail is trickling in; the worker lets it gather first.
-            items = self.process(items, claim_next=len(items) == BATCH and keep_going())
+        while batch.items:
+            count += len(batch.items)
+            # Due items left behind mean a backlog: the next batch is claimed in the same
+            # transaction. None means mail is trickling in; the worker lets it gather first.
+            batch = self.process(batch.items, claim_next=batch.more and keep_going())
         return count
 
-    def _claim(self, session: Session) -> Sequence[InboundItem]:
+    def _claim(self, session: Session) -> _Batch:
         claimed = inbound.claim(
             session,
             now=self.clock(),
@@ -167,16 +178,17 @@ class Pipeline:
             channels=MAIL_CHANNELS,
             max_bytes=BATCH_BYTES,
         )
-        return inbound.items(session, claimed)
+        return _Batch(inbound.items(session, claimed), claimed.more)
 
     def process(
         self, items: Sequence[InboundItem], *, claim_next: bool = False
-    ) -> Sequence[InboundItem]:
+    ) -> _Batch:
         """Do claimed items, in order, in one transaction; with ``claim_next``, the next
         batch is claimed in it too.
 
-        Each item's work is in a savepoint: a failing item is rolled back alone and recorded
-        as failed while the others commit, and an item is ``done`` in the same commit as
+        A failing item is rolled back alone and recorded as failed while the others commit
+        (the batch runs again with a savepoint per item), and an item is ``done`` in the
+        same commit as
         its ticket or follow-up, so a crash never registers it twice. Later items see what
         earlier ones wrote (a reply stored after the mail it answers finds its ticket)."""
         # Parsing, the rules and the blob files happen outside any transaction.
@@ -189,7 +201,7 @@ class Pipeline:
         claim_next: bool,
         *,
         guarded: bool = False,
-    ) -> Sequence[InboundItem]:
+    ) -> _Batch:
         """The batch in one transaction: first without a savepoint per item (two more
         statements each, and a bad item is rare), and should any item fail, all of it again
         ``guarded``, each item in a savepoint of its own. On PostgreSQL the numbers that
@@ -208,7 +220,7 @@ class Pipeline:
                             item.id,
                         )
                 marks.write(session)
-                following = self._claim(session) if claim_next else ()
+                following = self._claim(session) if claim_next else _NOTHING
         except Exception as exc:
             if not guarded:
                 log.warning(
@@ -223,13 +235,13 @@ class Pipeline:
                     "%s: inbound %d failed (attempt %d)", _label(item, work), item.id, item.attempts
                 )
                 self._record_failure(item, _label(item, work), _error(exc))
-                return ()
+                return _NOTHING
             # A fault of the transaction itself, which no item's savepoint caught: each
             # item on its own, so that it holds up only the item that causes it.
             log.exception("a batch of %d inbound items failed; taking them one by one", len(items))
             for item, work in zip(items, prepared, strict=True):
                 self._process([item], [work], claim_next=False)
-            return ()
+            return _NOTHING
         self._wake_outbox()
         if marks.again_at is not None:
             self._wake_at(marks.again_at)

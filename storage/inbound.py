@@ -212,6 +212,13 @@ _CLAIMED_ITEMS = (
 )
 
 
+class Claim(list[Claimed]):
+    """The items a claim took, in the order they arrived; ``more`` when due items were left
+    for the next claim (by its ``limit`` or ``max_bytes``): a backlog."""
+
+    more = False
+
+
 def claim(
     session: Session,
     *,
@@ -221,7 +228,7 @@ def claim(
     sources: Collection[str] | None = None,
     channels: Collection[str] | None = None,
     max_bytes: int | None = None,
-) -> list[Claimed]:
+) -> Claim:
     """Take up to ``limit`` items that are due, in the order they arrived: pending, failed
     and due again, or whose previous worker's lease ran out. They are ``processing`` until
     the lease ends, and each claim counts as an attempt.
@@ -251,13 +258,16 @@ def claim(
         if taken and max_bytes is not None and total > max_bytes:
             break
         taken.append(row)
-    if not taken:
-        return []
-    connection.execute(_MARK_CLAIMED, {"ids": [row.id for row in taken], "until": now + lease})
-    return [
+    claimed = Claim(
         Claimed(row.id, row.source, row.source_ref, row.message_id, row.size, row.attempts + 1)
         for row in taken
-    ]
+    )
+    claimed.more = len(taken) < len(rows)
+    if taken:
+        connection.execute(
+            _MARK_CLAIMED, {"ids": [row.id for row in taken], "until": now + lease}
+        )
+    return claimed
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,7 +8,7 @@ import datetime as dt
 import io
 import re
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -492,8 +492,8 @@ def test_two_workers_on_postgresql_never_register_one_item_twice(
     assert count(db, Contact) == 1 + 3
 
 
-class _FailsOn:
-    """A registrar that raises for one subject, as a desk bug would for one mail."""
+class _OnSubject:
+    """A registrar that does something of its own about the mail with one subject."""
 
     def __init__(self, registrar: Registrar, subject: str) -> None:
         self.registrar = registrar
@@ -510,10 +510,23 @@ class _FailsOn:
         *,
         settled: Collection[int] = (),
     ) -> Outcome:
-        outcome = self.registrar.apply(session, item, prepared, settled=settled)
+        def registered() -> Outcome:
+            return self.registrar.apply(session, item, prepared, settled=settled)
+
         if prepared.mail.subject == self.subject:
-            raise RuntimeError("the desk tripped over this one")
-        return outcome
+            return self.on_subject(registered)
+        return registered()
+
+    def on_subject(self, registered: Callable[[], Outcome]) -> Outcome:
+        raise NotImplementedError
+
+
+class _FailsOn(_OnSubject):
+    """A registrar that raises for one subject, as a desk bug would for one mail."""
+
+    def on_subject(self, registered: Callable[[], Outcome]) -> Outcome:
+        registered()
+        raise RuntimeError("the desk tripped over this one")
 
 
 def test_one_failing_mail_of_a_batch_fails_alone_and_the_others_are_registered(
@@ -605,6 +618,17 @@ def test_a_batch_is_marked_in_one_statement_and_each_mail_looked_up_in_one(
     # The mails set aside by a rule ask nothing; the others one statement each.
     lookups = [s for s in sent if re.search(r"\.message_id (=|IN)", s)]
     assert len(lookups) == 5
+
+
+def test_a_backlog_of_large_mails_is_worked_off_in_one_go(
+    db: Database, seed: Seed, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each claim takes one (the byte bound), and leaves the others due: a backlog, which
+    # is worked off at once rather than a mail per poll.
+    monkeypatch.setattr("intake.pipeline.BATCH_BYTES", 3000)
+    ids = [receive(db, mail_bytes(subject=f"Large {n}", body="x " * 1000)) for n in range(3)]
+    assert pipeline.work_all() == 3
+    assert [item(db, i).state for i in ids] == [InboundState.DONE] * 3
 
 
 def test_a_batch_whose_lease_was_taken_over_leaves_that_item_alone(
@@ -1043,30 +1067,18 @@ def test_a_reply_to_a_closed_ticket_is_kept_and_changes_nothing(
 # --- workers taking turns -------------------------------------------------------------------
 
 
-class _Holds:
+class _Holds(_OnSubject):
     """A registrar that holds the mail with one subject until the test lets it go."""
 
     def __init__(self, registrar: Registrar, subject: str) -> None:
-        self.registrar = registrar
-        self.subject = subject
+        super().__init__(registrar, subject)
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    def prepare(self, raw: bytes) -> Prepared:
-        return self.registrar.prepare(raw)
-
-    def apply(
-        self,
-        session: Session,
-        item: InboundItem,
-        prepared: Prepared,
-        *,
-        settled: Collection[int] = (),
-    ) -> Outcome:
-        if prepared.mail.subject == self.subject:
-            self.holding.set()
-            self.release.wait(30)
-        return self.registrar.apply(session, item, prepared, settled=settled)
+    def on_subject(self, registered: Callable[[], Outcome]) -> Outcome:
+        self.holding.set()
+        self.release.wait(30)
+        return registered()
 
 
 def _noting_claims(pipeline: Pipeline) -> list[list[int]]:
@@ -1074,11 +1086,11 @@ def _noting_claims(pipeline: Pipeline) -> list[list[int]]:
     claimed: list[list[int]] = []
     claim = pipeline._claim
 
-    def claim_and_note(session: Session) -> Sequence[InboundItem]:
-        items = claim(session)
-        if items:
-            claimed.append([i.id for i in items])
-        return items
+    def claim_and_note(session: Session) -> Any:
+        batch = claim(session)
+        if batch.items:
+            claimed.append([i.id for i in batch.items])
+        return batch
 
     pipeline._claim = claim_and_note  # type: ignore[method-assign]
     return claimed
