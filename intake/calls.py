@@ -264,12 +264,12 @@ class ReadAhead:
 
     Reading a request costs about as much as keeping it; the kept raw request stays the
     record, read again only for what is not here (kept by another daemon, or before a
-    restart). Bounded: the oldest are dropped when items are claimed elsewhere."""
+    restart). Bounded: past LIMIT the oldest are dropped (items that another daemon
+    claimed, or whose batch failed), and read again from the raw request if need be."""
 
     LIMIT = 50_000
 
-    def __init__(self, limit: int = LIMIT) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self._meanings: dict[tuple[str, str], Meaning] = {}
         # The HTTP edge adds and the worker takes, from different threads on PostgreSQL.
         self._lock = threading.Lock()
@@ -277,15 +277,12 @@ class ReadAhead:
     def add(self, key: tuple[str, str], meaning: Meaning) -> None:
         with self._lock:
             self._meanings[key] = meaning
-            while len(self._meanings) > self.limit:
+            while len(self._meanings) > self.LIMIT:
                 del self._meanings[next(iter(self._meanings))]
 
     def take(self, source: str, source_ref: str) -> Meaning | None:
         with self._lock:
             return self._meanings.pop((source, source_ref), None)
-
-    def __len__(self) -> int:
-        return len(self._meanings)
 
 
 class CallRecorder:
@@ -298,7 +295,8 @@ class CallRecorder:
     def store(self, batch: Sequence[Received]) -> list[bool]:
         """Keep each raw request, all in one transaction: many webhooks share one commit,
         and each is acknowledged only after it. For each, False for a duplicate delivery.
-        The events are acted on afterwards, from the kept request (see :meth:`process`)."""
+        The events are acted on afterwards (see :meth:`process`), from what the adapter
+        read, kept here for the worker before the commit lets it claim them."""
         if not batch:
             return []
         now = utcnow()
@@ -318,13 +316,14 @@ class CallRecorder:
             # What inbound.store() does for one item, in two statements for the batch:
             # building statements per webhook costs more than its share of the commit.
             new = inbound.store_batch(connection, rows)
-        results = []
-        for received in batch:
-            key = (source_name(received.provider), received.source_ref)
-            results.append(key in new)
-            if key in new:
-                new.discard(key)
-                self.read_ahead.add(key, Meaning(received.events, received.ignored))
+            results = []
+            for received in batch:
+                key = (source_name(received.provider), received.source_ref)
+                results.append(key in new)
+                if key in new:
+                    new.discard(key)
+                    # Before the commit: once it is in, a worker may claim the item.
+                    self.read_ahead.add(key, Meaning(received.events, received.ignored))
         return results
 
     def process(self, session: Session, work: Sequence[Work]) -> None:

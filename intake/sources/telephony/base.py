@@ -83,6 +83,9 @@ def refuse_nul(normalised: Normalised) -> None:
                 raise Invalid(f"{name} must not contain NUL characters")
     if normalised.source_ref is not None and "\x00" in normalised.source_ref:
         raise Invalid("the event's identity must not contain NUL characters")
+    # Kept as the item's reason (an adapter may name the provider's event in it).
+    if normalised.ignored is not None and "\x00" in normalised.ignored:
+        raise Invalid("the event's kind must not contain NUL characters")
 
 
 _UNREAD: Any = object()

@@ -56,3 +56,11 @@ def test_kept_raw_request_reads_back_without_credentials_and_without_building_th
     assert again.header("content-type") == "application/json"
     assert again.header("Authorization") is None
     assert (again.query, again.json()) == ({"a": "1"}, {"x": 1})
+
+
+def test_a_nul_in_what_is_kept_as_the_reason_is_refused() -> None:
+    # Telnyx's adapter keeps an event type it has no use for as the item's reason.
+    kept = base.Normalised(base.Reply.json({}), "event-1", ignored="event call.\x00bridged")
+    with pytest.raises(Invalid, match="kind must not contain NUL"):
+        base.refuse_nul(kept)
+    base.refuse_nul(base.Normalised(base.Reply.json({}), "event-1", ignored="event call.bridged"))
