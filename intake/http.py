@@ -95,32 +95,10 @@ CONTEXT = web.AppKey("context", HttpContext)
 DOCUMENT = web.AppKey("document", bytes)
 
 
-class EventWriter:
-    """Group commit (:class:`GroupCommit`): webhooks that arrive while a transaction is
-    being written wait for the next one and share its commit. Each caller still answers
-    only after the commit that holds its request; the worker is woken to act on the
-    events. A request that fails its batch is written again alone, so one bad request
-    does not fail the others."""
-
-    MAX_BATCH = 256
-
-    def __init__(
-        self, recorder: CallRecorder, executor: ThreadPoolExecutor, worker: CallEventWorker
-    ) -> None:
-        self.writer = GroupCommit(
-            "webhooks",
-            recorder.store,
-            executor,
-            max_batch=self.MAX_BATCH,
-            committed=worker.notify,
-        )
-
-    async def write(self, item: Received) -> bool:
-        """Keep ``item``; False when it was a duplicate delivery."""
-        return await self.writer.write(item)
-
-
-WRITER = web.AppKey("writer", EventWriter)
+# Webhooks that arrive while a transaction is being written share the next commit
+# (:class:`GroupCommit`); each is answered only after the commit that holds its request,
+# and a request that fails its batch is written again alone.
+WRITER = web.AppKey("writer", GroupCommit[Received, bool])
 WORKER = web.AppKey("worker", CallEventWorker)
 PROCESS_EVENTS = web.AppKey("process_events", bool)
 
@@ -133,12 +111,15 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         context.recorder, context.adapters, executor, poll_interval=context.poll_interval
     )
     app[WORKER] = worker
-    app[WRITER] = EventWriter(context.recorder, executor, worker)
+    # The worker is woken after each commit to act on the events.
+    app[WRITER] = GroupCommit(
+        "webhooks", context.recorder.store, executor, committed=worker.notify
+    )
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping)) if app[PROCESS_EVENTS] else None
     yield
     # Requests still being written are answered before their storage thread goes.
-    await app[WRITER].writer.idle()
+    await app[WRITER].idle()
     stopping.set()
     if task is not None:
         await task
