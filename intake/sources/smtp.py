@@ -24,6 +24,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from aiosmtpd.smtp import Session as SmtpSession
 
+from intake.directory import ATEXT
 from intake.groupcommit import GroupCommit
 from intake.services import cannot_listen
 from parsers.headers import parse_msg_ids, split_header_block
@@ -103,10 +104,8 @@ class InboundHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
+        # The size limit was enforced while the data was read (_DataReceiver).
         raw = envelope.original_content or b""
-        # aiosmtpd enforces the limit while reading; this also covers a limit it was not given.
-        if len(raw) > self.config.max_message_size:
-            return _too_big(self.config.max_message_size)
         ref, message_id = source_ref(raw)
         try:
             stored = await self.writer.write(ReceivedMail(ref, message_id, raw))
@@ -123,9 +122,6 @@ class InboundHandler:
                 envelope.mail_from,
             )
             reply = f"250 2.0.0 OK: queued as {stored.id}"
-        # LMTP answers once per recipient (RFC 2033 4.2); the stored message is one for all.
-        if isinstance(server, LMTP):
-            return "\r\n".join([reply] * len(envelope.rcpt_tos))
         return reply
 
 
@@ -149,7 +145,8 @@ def _too_big(limit: int) -> str:
 
 
 def _naming_the_limit(status: AnyStr, limit: int | None) -> AnyStr:
-    # aiosmtpd refuses oversized mail in its own words; ours name the limit (RFC 1870).
+    # aiosmtpd refuses oversized mail (MAIL FROM's SIZE=) in its own words; ours name the
+    # limit (RFC 1870).
     if isinstance(status, str) and status.startswith("552 Error") and limit:
         return _too_big(limit)
     return status
@@ -190,7 +187,7 @@ class _DataReceiver:
         # The dot line that ends the data is not part of it.
         self.size += len(block) - len(_DOT_LINE) if last else len(block)
         if self.problem is None and self.size_limit and self.size > self.size_limit:
-            self.problem = _TOO_MUCH
+            self.problem = _too_big(self.size_limit)
         if self.problem is None:
             self.blocks.append(block)
         else:
@@ -240,7 +237,6 @@ class _DataReceiver:
 
 
 _TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-_TOO_MUCH = "552 Error: Too much mail data"
 
 
 # The address of nearly every MAIL FROM and RCPT TO: ``<local@domain>``, a dot-atom local
@@ -248,10 +244,9 @@ _TOO_MUCH = "552 Error: Too much mail data"
 # What it matches, aiosmtpd's parser (the email package's, about 0.2 ms a command) reads
 # the same way; anything else still goes to that parser. Parameters starting with "("
 # would be a comment to it; "=?" could be an encoded word.
-_ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = "[A-Za-z0-9-]+"
 _PLAIN_ADDRESS = re.compile(
-    f"<({_ATEXT}(?:\\.{_ATEXT})*@{_LABEL}(?:\\.{_LABEL})*)>"
+    f"<({ATEXT}(?:\\.{ATEXT})*@{_LABEL}(?:\\.{_LABEL})*)>"
     r"(?:[ \t]+([!-'*-~][!-~]*(?:[ \t]+[!-~]+)*))?"
 )
 
@@ -292,24 +287,17 @@ class _Smtp(SMTP):
         if receiver.problem is not None:
             status = receiver.problem
         else:
-            original_content = receiver.content()
-            content: bytes | str = original_content
-            if self._decode_data:
-                if self.enable_SMTPUTF8:
-                    content = original_content.decode("utf-8", errors="surrogateescape")
-                else:
-                    try:
-                        content = original_content.decode("ascii", errors="strict")
-                    except UnicodeDecodeError:
-                        await self.push("500 Error: strict ASCII mode")
-                        return
-            self.envelope.content = content
-            self.envelope.original_content = original_content
-            del content, original_content
+            # Bytes, as the listener builds its sessions (no decode_data).
+            self.envelope.content = self.envelope.original_content = receiver.content()
             status = await self._call_handler_hook("DATA")
+        reply = self._data_reply("250 OK" if status is MISSING else status)
         # A new envelope lets go of the message: a big one must not live on with the session.
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(reply)
+
+    def _data_reply(self, status: str) -> str:
+        """The reply to the end of the data: one, for the message."""
+        return status
 
     async def _receive(self, receiver: _DataReceiver) -> None:
         try:
@@ -348,6 +336,11 @@ async def _read_data(reader: asyncio.StreamReader, receiver: _DataReceiver) -> N
 
 class _Lmtp(_Smtp, LMTP):
     """LMTP (LHLO instead of HELO/EHLO) with our DATA."""
+
+    def _data_reply(self, status: str) -> str:
+        # One per recipient (RFC 2033 4.2), refusals too; the message is one for all.
+        assert self.envelope is not None
+        return "\r\n".join([status] * len(self.envelope.rcpt_tos))
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

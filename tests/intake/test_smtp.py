@@ -601,21 +601,47 @@ async def test_commands_pipelined_after_the_data_are_answered(db: Database) -> N
     assert [i.raw for i in items(db)] == [wire]
 
 
+async def _over_lmtp(
+    address: tuple[str, int], recipients: tuple[str, ...], data: bytes
+) -> tuple[list[bytes], bytes]:
+    """The replies to ``data`` sent over LMTP to ``recipients``, and to a NOOP after it."""
+    client = await asyncio.to_thread(_Client, address)
+    try:
+        await asyncio.to_thread(client.envelope, *recipients, hello=b"LHLO client.example")
+        client.sock.sendall(data + b".\r\n")
+        replies = [await asyncio.to_thread(client.reply) for _ in recipients]
+        return replies, await asyncio.to_thread(client.command, b"NOOP")
+    finally:
+        client.close()
+
+
 async def test_lmtp_answers_each_of_several_recipients(db: Database) -> None:
     wire = b"Subject: three\r\n\r\nbody\r\n"
     recipients = (SUPPORT, "help@omnivox.example", "desk@omnivox.example")
     async with serving(db, lmtp=True) as address:
-        client = await asyncio.to_thread(_Client, address)
-        try:
-            await asyncio.to_thread(client.envelope, *recipients, hello=b"LHLO client.example")
-            client.sock.sendall(wire + b".\r\n")
-            replies = [await asyncio.to_thread(client.reply) for _ in recipients]
-            after = await asyncio.to_thread(client.command, b"NOOP")
-        finally:
-            client.close()
+        replies, after = await _over_lmtp(address, recipients, wire)
     assert [r[:4] for r in replies] == [b"250 "] * 3
     assert after.startswith(b"250 ")
     assert [i.raw for i in items(db)] == [wire]
+
+
+@pytest.mark.parametrize(
+    ("data", "reply"),
+    [
+        (b"Subject: big\r\n\r\n" + b"x" * 300 + b"\r\n", b"552 "),
+        (b"Subject: long\r\n\r\n" + b"x" * 1200 + b"\r\n", b"500 "),
+    ],
+)
+async def test_lmtp_refuses_data_once_per_recipient(
+    db: Database, data: bytes, reply: bytes
+) -> None:
+    # A client waits for one reply per recipient, refusals too (RFC 2033 4.2).
+    recipients = (SUPPORT, "help@omnivox.example")
+    async with serving(db, lmtp=True, max_message_size=200) as address:
+        replies, after = await _over_lmtp(address, recipients, data)
+    assert [r[:4] for r in replies] == [reply] * 2
+    assert after.startswith(b"250 ")
+    assert items(db) == []
 
 
 async def test_client_gone_mid_data_stores_nothing(db: Database) -> None:
