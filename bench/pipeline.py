@@ -3,7 +3,8 @@
 One command: ``.venv/bin/python bench/pipeline.py [--messages N]``. It prints items/s and
 CPU milliseconds per item on SQLite, the part of bench/intake.py's end-to-end figure that
 the desk and the pipeline cost, and the SQL statements per item (counted in a second,
-untimed run, so that counting costs the timed one nothing).
+untimed run, so that counting costs the timed one nothing; the raw bytes, read through
+SQLite's blob API, are not statements and not counted).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import ClientSession, TCPConnector, web
 
+from intake.groupcommit import GroupCommit
 from intake.http import PROCESS_EVENTS, WORKER
 from storage.db import create_db_engine
 
@@ -147,9 +148,9 @@ async def _bare_app() -> web.Application:
 
 
 class _DurableLog:
-    """The floor's store: raw bodies appended to one SQLite table, those that arrive while
-    a transaction is being written sharing the next one, each caller answered after the
-    commit that holds its body. What any handler that commits before answering must pay."""
+    """The floor's store: raw bodies appended to one SQLite table through the daemon's
+    group commit, each caller answered after the commit that holds its body. What any
+    handler that commits before answering must pay."""
 
     def __init__(self, path: Path) -> None:
         # The daemon's own engine setup, so the same PRAGMAs (WAL, synchronous): only the
@@ -159,44 +160,20 @@ class _DurableLog:
         self.connection = cast(sqlite3.Connection, self.pooled.driver_connection)
         self.connection.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="floor-db")
-        self.pending: list[tuple[bytes, asyncio.Future[None]]] = []
-        self.writing: asyncio.Task[None] | None = None
+        self.writer = GroupCommit("floor", self._commit, self.executor)
 
     async def append(self, body: bytes) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((body, future))
-        if self.writing is None:
-            self.writing = asyncio.create_task(self._drain())
-        await future
+        await self.writer.write(body)
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.pending:
-                # As the daemon's group commit: requests already read join this batch.
-                await asyncio.sleep(0)
-                batch, self.pending = self.pending, []
-                try:
-                    await loop.run_in_executor(
-                        self.executor, self._commit, [(body,) for body, _ in batch]
-                    )
-                except Exception as error:
-                    for _, future in batch:
-                        future.set_exception(error)
-                    continue
-                for _, future in batch:
-                    future.set_result(None)
-        finally:
-            self.writing = None
-
-    def _commit(self, rows: list[tuple[bytes]]) -> None:
+    def _commit(self, bodies: Sequence[bytes]) -> list[None]:
         self.connection.execute("BEGIN IMMEDIATE")
         try:
-            self.connection.executemany("INSERT INTO raw (body) VALUES (?)", rows)
+            self.connection.executemany("INSERT INTO raw (body) VALUES (?)", [(b,) for b in bodies])
         except BaseException:
             self.connection.execute("ROLLBACK")
             raise
         self.connection.execute("COMMIT")
+        return [None] * len(bodies)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
