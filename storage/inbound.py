@@ -243,9 +243,10 @@ def claim(
     new items come from the claim index in id order, and the others are few."""
     now = now or utcnow()
     connection = session.connection()
+    # One more than taken: whether any is left behind (``Claim.more``).
     fresh, again = _due(
         connection.dialect.name,
-        limit,
+        limit + 1,
         tuple(sources) if sources is not None else None,
         tuple(channels) if channels is not None else None,
     )

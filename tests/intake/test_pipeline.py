@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from intake.desk import Desk
 from intake.directory import add_contact
-from intake.pipeline import Pipeline
+from intake.pipeline import BATCH, Pipeline
 from intake.registrar import Outcome, Prepared, Registrar
 from intake.senders import SenderPolicy
 from intake.sources.imap_sync import message_id_of
@@ -618,6 +618,13 @@ def test_a_batch_is_marked_in_one_statement_and_each_mail_looked_up_in_one(
     # The mails set aside by a rule ask nothing; the others one statement each.
     lookups = [s for s in sent if re.search(r"\.message_id (=|IN)", s)]
     assert len(lookups) == 5
+
+
+def test_a_backlog_is_worked_off_batch_after_batch_in_one_go(
+    db: Database, seed: Seed, pipeline: Pipeline
+) -> None:
+    ids = [receive(db, mail_bytes(subject=f"Request {n}")) for n in range(BATCH * 2 + 1)]
+    assert pipeline.work_all() == len(ids)
 
 
 def test_a_backlog_of_large_mails_is_worked_off_in_one_go(
