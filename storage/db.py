@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -130,6 +131,32 @@ class Database:
         than setting up and closing an ORM session around them."""
         with self._writer, self.engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def sqlite_transaction(self) -> Iterator[sqlite3.Connection]:
+        """SQLite only: the driver's own connection in a write transaction (BEGIN
+        IMMEDIATE), committed on success and rolled back on any error, in its turn at the
+        one writer like :meth:`transaction`.
+
+        For the webhooks' group commit, whose two statements per batch cost SQLite less
+        than SQLAlchemy's connection, transaction and result handling around them did."""
+        if self.dialect != "sqlite":
+            raise StorageError(f"a driver transaction is SQLite's, not {self.dialect}'s")
+        with self._writer:
+            pooled = self.engine.raw_connection()
+            try:
+                driver = cast(sqlite3.Connection, pooled.driver_connection)
+                driver.execute("BEGIN IMMEDIATE")
+                try:
+                    yield driver
+                    driver.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (a full disk) leaves the transaction open as well.
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    raise
+            finally:
+                pooled.close()
 
     def side_statement(
         self, statement: Executable, parameters: Mapping[str, Any]

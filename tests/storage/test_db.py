@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from storage import inbound
-from storage.db import Database
-from storage.models import InboundItem
+from storage.db import Database, StorageError
+from storage.models import InboundItem, utcnow
 
 
 def _count(db: Database) -> int:
@@ -48,3 +48,44 @@ def test_a_connection_transaction_waits_its_turn_at_the_sqlite_writer(db: Databa
     other.join()
     assert entered.is_set()
     assert _count(db) == 1
+
+
+_ROW = {
+    "source": "telephony:generic",
+    "size": 4,
+    "state": "pending",
+    "attempts": 0,
+}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_sqlite_driver_transaction_commits_or_writes_nothing_and_waits_its_turn(
+    db: Database,
+) -> None:
+    row = {**_ROW, "received_at": utcnow()}
+    with db.sqlite_transaction() as driver:
+        inbound.store_batch(driver, [{**row, "source_ref": "kept", "raw": b"kept"}])
+    with pytest.raises(RuntimeError), db.sqlite_transaction() as driver:
+        inbound.store_batch(driver, [{**row, "source_ref": "lost", "raw": b"lost"}])
+        raise RuntimeError("before the commit")
+    assert _count(db) == 1
+
+    entered = threading.Event()
+
+    def write() -> None:
+        with db.sqlite_transaction() as driver:
+            entered.set()
+            inbound.store_batch(driver, [{**row, "source_ref": "later", "raw": b"later"}])
+
+    with db.transaction():
+        other = threading.Thread(target=write)
+        other.start()
+        assert not entered.wait(timeout=0.2)
+    other.join()
+    assert _count(db) == 2
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_sqlite_driver_transaction_is_refused_on_postgresql(db: Database) -> None:
+    with pytest.raises(StorageError, match="SQLite's"), db.sqlite_transaction():
+        pass

@@ -209,3 +209,61 @@ def test_raw_bytes_selected_alone_are_each_items_own(db: Database) -> None:
     with db.transaction() as session:
         raws = session.scalars(select(InboundItem.raw).order_by(InboundItem.id)).all()
     assert raws == [b"mail 0", b"mail 1", b"mail 2"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_batch_stored_through_the_sqlite_driver_reads_back_as_stored_through_sqlalchemy(
+    db: Database,
+) -> None:
+    received = dt.datetime(2026, 11, 26, 4, 5, 6, 0, tzinfo=dt.UTC)
+    large = bytes(range(256)) * (inbound.RAW_PIECE // 256) + b"more than one piece"
+
+    def row(ref: str, raw: bytes) -> dict[str, Any]:
+        return {
+            "source": "telephony:generic",
+            "source_ref": ref,
+            "raw": raw,
+            "size": len(raw),
+            "received_at": received,
+            "state": InboundState.PENDING,
+            "attempts": 0,
+        }
+
+    # More rows than one statement binds (SQLite's least variable limit), a repeated
+    # reference, a raw request larger than a piece, and two that are each less than a
+    # piece but more together.
+    half = b"h" * (inbound.RAW_PIECE // 2 + 1)
+    rows = [row(f"r{n}", f"raw {n}".encode()) for n in range(300)]
+    rows += [row("r7", b"repeated"), row("big", large), row("h1", half), row("h2", half + b"2")]
+    with db.connection_transaction() as connection:
+        through_sqlalchemy = inbound.store(
+            connection, source="telephony:generic", source_ref="orm", raw=b"orm",
+            received_at=received,
+        )
+    with db.sqlite_transaction() as driver:
+        new = inbound.store_batch(driver, rows)
+    with db.sqlite_transaction() as driver:
+        again = inbound.store_batch(driver, [row("r1", b"again"), row("fresh", b"fresh")])
+
+    assert new == {("telephony:generic", f"r{n}") for n in range(300)} | {
+        ("telephony:generic", ref) for ref in ("big", "h1", "h2")
+    }
+    assert again == {("telephony:generic", "fresh")}
+    with db.transaction() as session:
+        items = session.scalars(select(InboundItem).order_by(InboundItem.id)).all()
+        raws = inbound.raw_of(session, [item.id for item in items])
+        stored = session.execute(
+            select(InboundItem.received_at, InboundItem.state).order_by(InboundItem.id)
+        ).all()
+    assert items[0].id == through_sqlalchemy.id
+    by_ref = {item.source_ref: raws[item.id] for item in items}
+    assert (by_ref["r7"], by_ref["big"], by_ref["fresh"]) == (b"raw 7", large, b"fresh")
+    assert (by_ref["h1"], by_ref["h2"]) == (half, half + b"2")
+    assert len(items) == 305
+    # The same stored form as SQLAlchemy's: equal values, so equal comparisons and order.
+    assert set(stored) == {(received, InboundState.PENDING)}
+    with db.engine.connect() as connection:
+        texts = connection.exec_driver_sql(
+            "SELECT DISTINCT received_at, state FROM inbound"
+        ).all()
+    assert len(texts) == 1
