@@ -386,7 +386,7 @@ class SmtpListener:
         }
         return kind(handler, **options)
 
-    def _committed(self) -> None:
+    def _committed(self, count: int) -> None:
         if self.stored is not None:
             self.stored.set()
 

@@ -4,9 +4,15 @@ The HTTP edge only keeps each verified request and answers; this worker claims t
 requests of the telephony sources in the order they arrived and hands their events to the
 call recorder: as the edge read them, or, for a request kept by another daemon or before a
 restart, as its adapter reads the kept request again. The edge wakes it after each commit;
-a failed item comes back after its backoff. While webhooks arrive, answering them comes
-first: the worker takes what is pending in batches of a bounded cost and stands aside
-between them; then it works off its backlog in large ones.
+a failed item comes back after its backoff.
+
+While webhooks press (requests arrive faster than their commits, and share them), answering
+them comes first: each is answered only after its commit, and on SQLite the worker's
+transactions and those commits take turns at the one writer, in one process, on one
+interpreter lock. So the worker gives way: it acts on what they stored once they ease off,
+or once the oldest of it has waited MAX_LAG; then it takes batches of a bounded cost, so
+that a webhook waits for one batch at most, back to back until it has caught up. A steady
+trickle of webhooks presses nothing, and its events are acted on as they come.
 """
 
 from __future__ import annotations
@@ -37,16 +43,12 @@ FEWEST = 8
 # Items per transaction when none are: a backlog is worked off in large batches, each
 # claim, lock and commit shared by many items.
 BACKLOG_BATCH = 128
-# Webhooks stored this recently (seconds) mean more are arriving.
+# Webhooks stored this recently (seconds) mean more are arriving; a commit this recent
+# that held more than one request means they press.
 ARRIVING = 0.25
-# While they are, after each full batch the worker stands aside this many times as long
-# as the batch took: answering them keeps the CPU (one process, one interpreter lock),
-# and the worker still gets a share of it (about a third of the storage thread), so its
-# backlog grows only while webhooks outpace that share; the rest goes in large batches
-# once they stop.
-STAND_ASIDE = 2.0
-# Seconds of backlog (full batch after full batch) after which the worker no longer stands
-# aside: webhooks arriving faster than its share could otherwise grow it without bound.
+# Seconds the oldest stored event waits at most while the worker gives way: webhooks that
+# press on longer than this (more than it can keep up with besides) share the storage
+# thread with it from then on, so that what they store is still acted on within a bound.
 MAX_LAG = 10.0
 # After a partial batch, how long events are let gather before the next one: under load a
 # batch per webhook commit would spend the time on per-batch work (claim, locks, commit)
@@ -76,26 +78,29 @@ class CallEventWorker:
         self.wakeup = asyncio.Event()
         # Set while nothing stored is waiting to be processed.
         self.idle = asyncio.Event()
-        # When webhooks were last stored (the loop's clock).
+        # When webhooks were last stored, and last stored several to a commit (the loop's
+        # clock).
         self.stored_at = -ARRIVING
+        self.pressed_at = -ARRIVING
         # The CPU time per item of the last full batch (seconds).
         self.per_item: float | None = None
-        # Since when (the loop's clock) batch after batch has come out full: a backlog.
+        # Since when (the loop's clock) stored events have been waiting to be acted on:
+        # from the first commit after the worker last caught up.
         self.behind_since: float | None = None
 
     def arriving(self) -> bool:
         """Whether webhooks are arriving now."""
         return asyncio.get_running_loop().time() - self.stored_at < ARRIVING
 
-    def stand_aside(self, took: float) -> float:
-        """How long the worker leaves the storage thread to the webhooks after a full batch
-        that took ``took`` seconds: STAND_ASIDE times as long, unless it has been behind
-        for MAX_LAG already; then it takes its turn at once, and the webhooks and it share
-        the thread, so that the oldest event waits a bounded time under sustained load."""
-        behind = asyncio.get_running_loop().time() - (self.behind_since or 0.0)
-        if self.behind_since is not None and behind >= MAX_LAG:
+    def give_way(self) -> float:
+        """How long the worker waits before its next batch, so that webhooks pressing now
+        are answered first: until they ease off, and no longer than until the oldest event
+        waiting has waited MAX_LAG. 0: it takes its batch now."""
+        now = asyncio.get_running_loop().time()
+        eases_in = ARRIVING - (now - self.pressed_at)
+        if eases_in <= 0 or self.behind_since is None:
             return 0.0
-        return took * STAND_ASIDE
+        return max(0.0, min(eases_in, MAX_LAG - (now - self.behind_since)))
 
     def batch_size(self) -> int:
         """How many items the next batch takes at most: while webhooks arrive, what costs
@@ -111,6 +116,9 @@ class CallEventWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while not stopping.is_set():
+            if wait := self.give_way():
+                await _first(stopping, seconds=wait)
+                continue
             limit = self.batch_size()
             began = loop.time()
             # From here on a notice counts: events stored while this batch is taken (on
@@ -126,12 +134,10 @@ class CallEventWorker:
             if processed == limit:
                 # A partial batch's per-batch work is shared by fewer items than it could be.
                 self.per_item = cpu / processed
-                if self.behind_since is None:
-                    self.behind_since = began
-                if self.arriving():
-                    await _first(stopping, seconds=self.stand_aside(loop.time() - began))
                 continue
-            self.behind_since = None
+            # Caught up with what was stored before this batch's claim; what came since
+            # has waited since then at most.
+            self.behind_since = began if self.stored_at >= began else None
             if processed:
                 await _first(stopping, seconds=GATHER)
                 continue
@@ -140,9 +146,15 @@ class CallEventWorker:
             self.idle.set()
             await _first(stopping, self.wakeup, seconds=self.poll_interval)
 
-    def notify(self) -> None:
-        """New events are stored: act on them now."""
-        self.stored_at = asyncio.get_running_loop().time()
+    def notify(self, count: int = 1) -> None:
+        """``count`` requests were stored in one commit: act on them (now, unless webhooks
+        press)."""
+        now = asyncio.get_running_loop().time()
+        self.stored_at = now
+        if count > 1:
+            self.pressed_at = now
+        if self.behind_since is None:
+            self.behind_since = now
         self.idle.clear()
         self.wakeup.set()
 

@@ -15,12 +15,12 @@ from intake.desk import Desk
 from intake.http import WORKER, create_app, http_context
 from intake.sources.telephony.base import Invalid, Normalised, WebhookRequest
 from intake.sources.telephony.worker import (
+    ARRIVING,
     BACKLOG_BATCH,
     BATCH,
     BATCH_SECONDS,
     FEWEST,
     MAX_LAG,
-    STAND_ASIDE,
     CallEventWorker,
 )
 from storage import inbound
@@ -287,16 +287,80 @@ async def test_under_load_a_batch_takes_what_fits_its_time_at_the_last_cost_per_
     assert worker.batch_size() == BACKLOG_BATCH
 
 
-async def test_a_worker_behind_for_long_stops_standing_aside_for_the_webhooks(
+async def test_a_worker_gives_way_while_webhooks_press_for_at_most_max_lag(
     make_client: ClientFactory,
 ) -> None:
     client = await make_client()
     worker = client.app[WORKER]
     now = asyncio.get_running_loop().time()
 
-    assert worker.stand_aside(0.01) == pytest.approx(0.01 * STAND_ASIDE)
-    worker.behind_since = now - MAX_LAG / 2
-    assert worker.stand_aside(0.01) == pytest.approx(0.01 * STAND_ASIDE)
+    assert worker.give_way() == 0.0
+    # A trickle: one request to a commit presses nothing.
+    worker.notify(1)
+    assert worker.give_way() == 0.0
+    # Several to a commit: they press, and the worker waits until they may have eased off.
+    worker.notify(3)
+    assert 0.0 < worker.give_way() <= ARRIVING
+    # ... but not past MAX_LAG for the oldest event waiting.
+    worker.behind_since = now - MAX_LAG + 0.05
+    assert 0.0 < worker.give_way() <= 0.05
     worker.behind_since = now - MAX_LAG
-    assert worker.stand_aside(0.01) == 0.0
+    assert worker.give_way() == 0.0
+    worker.behind_since = now
+    worker.pressed_at = now - ARRIVING
+    assert worker.give_way() == 0.0
 
+
+async def _pressing(app: Any, stop: asyncio.Event) -> None:
+    """Commits of several requests each, as webhooks pressing at full speed make them."""
+    while not stop.is_set():
+        app[WORKER].notify(4)
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("max_lag", [30.0, 0.5])
+async def test_events_stored_while_webhooks_press_are_acted_on_once_they_ease_off_or_lag(
+    db: Database,
+    telephony_env: None,
+    aiohttp_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    max_lag: float,
+) -> None:
+    monkeypatch.setattr("intake.sources.telephony.worker.MAX_LAG", max_lag)
+    app = create_app(http_context(settings_with(), db, Desk(RULES)))
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(app[WORKER].idle.wait(), timeout=10)
+    stop = asyncio.Event()
+    pressing = asyncio.create_task(_pressing(app, stop))
+    try:
+        for body in (event("newCall", call_id="p-1"), event("hangup", call_id="p-1", cause="busy")):
+            assert (await client.post(URL, json=body)).status == 200
+        began = asyncio.get_running_loop().time()
+        if max_lag > 5:
+            # Pressed on: nothing is acted on yet.
+            await asyncio.sleep(1.0)
+            assert tickets(db) == []
+            stop.set()
+        # Eased off, or waited MAX_LAG while pressed on: acted on.
+        await asyncio.wait_for(app[WORKER].idle.wait(), timeout=10)
+        assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
+        if max_lag < 5:
+            assert not stop.is_set()
+            assert asyncio.get_running_loop().time() - began < 5
+    finally:
+        stop.set()
+        await pressing
+
+
+async def test_a_trickle_of_webhooks_is_acted_on_as_it_comes(
+    db: Database, telephony_env: None, aiohttp_client: Any
+) -> None:
+    app = create_app(http_context(settings_with(), db, Desk(RULES)))
+    client = await aiohttp_client(app)
+    for n in range(3):
+        caller = {"from": f"+7916000000{n}"}
+        body = event("hangup", call_id=f"t-{n}", cause="busy", **caller)
+        assert (await client.post(URL, json=body)).status == 200
+        assert app[WORKER].give_way() == 0.0
+        await asyncio.wait_for(app[WORKER].idle.wait(), timeout=2)
+        assert len(tickets(db)) == n + 1
