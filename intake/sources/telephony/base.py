@@ -90,6 +90,10 @@ def refuse_nul(normalised: Normalised) -> None:
 
 _UNREAD: Any = object()
 
+# Header bytes that are not UTF-8 (a Latin-1 caller name) reach the adapter as aiohttp
+# decodes them, as lone surrogates, and are kept as the bytes they were received as.
+_AS_RECEIVED = "surrogateescape"
+
 
 class WebhookRequest:
     """A received request as an adapter sees it.
@@ -168,22 +172,24 @@ class WebhookRequest:
         # The route, not the URL: a generic CTI URL carries its token.
         target = self.route
         if self.query:
-            target += "?" + urlencode(list(self.query.items()))
+            target += "?" + urlencode(list(self.query.items()), errors=_AS_RECEIVED)
         lines = [f"{self.method} {target}"]
         lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._KEPT_OUT]
         lines += ("", "")
-        return "\r\n".join(lines).encode("utf-8") + self.body
+        return "\r\n".join(lines).encode("utf-8", _AS_RECEIVED) + self.body
 
     @classmethod
     def from_raw(cls, raw: bytes, *, route: str) -> WebhookRequest:
         head, _, body = raw.partition(b"\r\n\r\n")
-        first, *lines = head.decode("utf-8").split("\r\n")
+        first, *lines = head.decode("utf-8", _AS_RECEIVED).split("\r\n")
         method, _, target = first.partition(" ")
         headers: CIMultiDict[str] = CIMultiDict()
         for line in lines:
             name, _, value = line.partition(": ")
             headers.add(name, value)
-        query = dict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
+        query = dict(
+            parse_qsl(target.partition("?")[2], keep_blank_values=True, errors=_AS_RECEIVED)
+        )
         return cls(method, target, route, query, headers, body)
 
 

@@ -19,6 +19,7 @@ from intake.calls import Work
 from intake.desk import Desk
 from intake.directory import add_customer
 from intake.http import WORKER, create_app, http_context
+from intake.sources.telephony.base import WebhookRequest
 from intake.sources.telephony.generic import sign
 from storage import inbound
 from storage.db import Database
@@ -507,3 +508,31 @@ async def test_missed_calls_queue_the_staff_s_notifications(
             "message": "Missed call from +79167654321",
         },
     )
+
+
+async def test_a_header_that_is_not_utf8_is_kept_as_received_and_read_again_from_it(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # A PBX writes a caller's name in Latin-1: the event is stored and answered, and the
+    # kept request holds the header's bytes as they came.
+    client = await make_client()
+    body = json.dumps(event("hangup", call_id="l-1", cause="busy")).encode()
+    request = (
+        f"POST {URL}?note=caf%E9 HTTP/1.1\r\nHost: pbx\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode() + b"X-Caller-Name: Jos\xe9\r\n\r\n" + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    with db.transaction() as session:
+        (item,) = session.scalars(select(InboundItem)).all()
+        raw = inbound.raw_of(session, [item.id])[item.id]
+    assert b"\r\nX-Caller-Name: Jos\xe9\r\n" in raw
+    again = WebhookRequest.from_raw(raw, route="/api/v1/cti/{token}")
+    assert again.to_raw() == raw
+    # As the adapter saw it (the query is decoded by aiohttp, the invalid byte replaced).
+    assert again.query == {"note": "caf\ufffd"}
+    await processed(client)
+    assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
