@@ -31,8 +31,8 @@ class GroupCommit(Generic[Item, Result]):
     ``write_batch`` runs on the executor: it writes the items it is given in one
     transaction and returns their results in the same order, or raises when that
     transaction did not commit. ``committed`` is called in the event loop after each
-    transaction that committed, with the number of items it held. ``max_batch`` bounds the
-    items of one transaction.
+    transaction that committed, with the number of items it held and the number already
+    queued for the next. ``max_batch`` bounds the items of one transaction.
     """
 
     def __init__(
@@ -42,7 +42,7 @@ class GroupCommit(Generic[Item, Result]):
         executor: Executor,
         *,
         max_batch: int = 256,
-        committed: Callable[[int], None] | None = None,
+        committed: Callable[[int, int], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -127,7 +127,7 @@ class GroupCommit(Generic[Item, Result]):
             if not future.done():
                 future.set_result(result)
         if self.committed is not None:
-            self.committed(len(batch))
+            self.committed(len(batch), len(self._pending))
 
     def _write_all(self, items: Sequence[Item]) -> Sequence[Result]:
         results = self.write_batch(items)

@@ -386,7 +386,7 @@ class SmtpListener:
         }
         return kind(handler, **options)
 
-    def _committed(self, count: int) -> None:
+    def _committed(self, count: int, queued: int) -> None:
         if self.stored is not None:
             self.stored.set()
 

@@ -78,7 +78,7 @@ async def test_callers_that_come_during_a_write_share_the_next_commit(
         "test",
         store.write,
         executor,
-        committed=lambda count: commits.append((count, len(store.committed))),
+        committed=lambda count, queued: commits.append((count, queued, len(store.committed))),
     )
     async with held(store):
         first = await queued(writer, "a")
@@ -87,8 +87,9 @@ async def test_callers_that_come_during_a_write_share_the_next_commit(
     answers = await asyncio.gather(*first, *rest)
     assert answers == ["A", "B", "C", "D"]
     assert store.batches == [["a"], ["b", "c", "d"]]
-    # Called after each commit, when the commit's items are durable, with their number.
-    assert commits == [(1, 1), (3, 4)]
+    # Called after each commit, when the commit's items are durable, with their number and
+    # the number queued for the next.
+    assert commits == [(1, 3, 1), (3, 0, 4)]
 
 
 async def test_no_caller_is_answered_before_the_commit_that_holds_its_item(
@@ -120,7 +121,7 @@ async def test_callers_that_come_as_a_commit_is_answered_share_the_next_one(
     store = FakeStore()
     late: list[asyncio.Task[str]] = []
 
-    def committed(count: int) -> None:
+    def committed(count: int, queued: int) -> None:
         # After the first commit, a caller comes in the loop's turn in which it is
         # answered, as a request read meanwhile whose handler is ready to run.
         if not late:
@@ -151,7 +152,10 @@ async def test_one_bad_item_fails_only_its_own_caller(executor: ThreadPoolExecut
     store = FakeStore(refused=frozenset({"bad"}))
     commits: list[int] = []
     writer = GroupCommit(
-        "test", store.write, executor, committed=lambda count: commits.append(len(store.committed))
+        "test",
+        store.write,
+        executor,
+        committed=lambda count, queued: commits.append(len(store.committed)),
     )
     async with held(store):
         first = await queued(writer, "a")
@@ -172,7 +176,9 @@ async def test_a_failing_store_fails_every_caller_and_confirms_nothing(
 ) -> None:
     store = FakeStore(refused=frozenset({"a", "b", "c"}))
     commits: list[int] = []
-    writer = GroupCommit("test", store.write, executor, committed=lambda count: commits.append(1))
+    writer = GroupCommit(
+        "test", store.write, executor, committed=lambda count, queued: commits.append(1)
+    )
     async with held(store):
         first = await queued(writer, "a")
         await asyncio.to_thread(store.entered.wait)

@@ -6,13 +6,14 @@ call recorder: as the edge read them, or, for a request kept by another daemon o
 restart, as its adapter reads the kept request again. The edge wakes it after each commit;
 a failed item comes back after its backoff.
 
-While webhooks press (requests arrive faster than their commits, and share them), answering
-them comes first: each is answered only after its commit, and on SQLite the worker's
-transactions and those commits take turns at the one writer, in one process, on one
-interpreter lock. So the worker gives way: it acts on what they stored once they ease off,
-or once the oldest of it has waited MAX_LAG; then it takes batches of a bounded cost, so
-that a webhook waits for one batch at most, back to back until it has caught up. A steady
-trickle of webhooks presses nothing, and its events are acted on as they come.
+While webhooks press (requests arrive faster than their commits: each commit holds several,
+and more wait for the next), answering them comes first. Each is answered only after its
+commit; the worker's transactions and those commits share one process and one interpreter
+lock, and on SQLite they take turns at the one writer as well. So the worker gives way: it
+acts on what they stored once they ease off, or once the oldest of it has waited MAX_LAG;
+then it takes batches of a bounded cost, so that a webhook waits for one batch at most, back
+to back until it has caught up. A trickle of webhooks presses nothing, and its events are
+acted on as they come.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ FEWEST = 8
 # claim, lock and commit shared by many items.
 BACKLOG_BATCH = 128
 # Webhooks stored this recently (seconds) mean more are arriving; a commit this recent
-# that held more than one request means they press.
+# that held several requests while more already waited for the next means they press.
 ARRIVING = 0.25
 # Seconds the oldest stored event waits at most while the worker gives way: webhooks that
 # press on longer than this (more than it can keep up with besides) share the storage
@@ -126,18 +127,24 @@ class CallEventWorker:
             # again rather than left until the next poll.
             self.wakeup.clear()
             try:
-                processed, cpu = await loop.run_in_executor(self.executor, self._timed, limit)
+                processed, more, cpu = await loop.run_in_executor(
+                    self.executor, self._timed, limit
+                )
             except Exception:
                 # The database is away; the items stay stored and are taken again.
                 log.exception("telephony: cannot process stored call events")
-                processed, cpu = 0, 0.0
+                await _first(stopping, seconds=self.poll_interval)
+                continue
             if processed == limit:
                 # A partial batch's per-batch work is shared by fewer items than it could be.
                 self.per_item = cpu / processed
+            if more:
+                # Items are left (a full batch, or one that failed): behind still.
                 continue
-            # Caught up with what was stored before this batch's claim; what came since
-            # has waited since then at most.
-            self.behind_since = began if self.stored_at >= began else None
+            else:
+                # Caught up with what was stored before this batch's claim; what came since
+                # has waited since then at most.
+                self.behind_since = began if self.stored_at >= began else None
             if processed:
                 await _first(stopping, seconds=GATHER)
                 continue
@@ -146,12 +153,13 @@ class CallEventWorker:
             self.idle.set()
             await _first(stopping, self.wakeup, seconds=self.poll_interval)
 
-    def notify(self, count: int = 1) -> None:
-        """``count`` requests were stored in one commit: act on them (now, unless webhooks
-        press)."""
+    def notify(self, count: int = 1, queued: int = 0) -> None:
+        """``count`` requests were stored in one commit, and ``queued`` more wait for the
+        next: act on them (now, unless webhooks press: commits of several requests each,
+        back to back)."""
         now = asyncio.get_running_loop().time()
         self.stored_at = now
-        if count > 1:
+        if count > 1 and queued:
             self.pressed_at = now
         if self.behind_since is None:
             self.behind_since = now
@@ -163,26 +171,28 @@ class CallEventWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.process_all)
 
-    def _timed(self, limit: int) -> tuple[int, float]:
+    def _timed(self, limit: int) -> tuple[int, bool, float]:
         """:meth:`process_due`, and the CPU time it took (seconds)."""
         began = time.thread_time()
-        processed = self.process_due(limit)
-        return processed, time.thread_time() - began
+        processed, more = self.process_due(limit)
+        return processed, more, time.thread_time() - began
 
-    def process_due(self, limit: int = BATCH) -> int:
-        """Process up to ``limit`` due items in one transaction; how many were taken.
+    def process_due(self, limit: int = BATCH) -> tuple[int, bool]:
+        """Process up to ``limit`` due items in one transaction; how many were taken, and
+        whether due items were left.
 
         Should the batch's transaction itself fail, one item is taken on its own, so that
-        a fault no item's guard catches holds up that item only."""
+        a fault no item's guard catches holds up that item only; the rest are left."""
         if not self.adapters:
-            return 0
+            return 0, False
         try:
             return self._process(limit)
         except Exception:
             log.exception("telephony: a batch of call events failed; taking them one by one")
-        return self._process(1)
+        taken, _ = self._process(1)
+        return taken, taken > 0
 
-    def _process(self, limit: int) -> int:
+    def _process(self, limit: int) -> tuple[int, bool]:
         read_ahead = self.recorder.read_ahead
         with self.recorder.db.transaction() as session:
             items = inbound.claim(session, limit=limit, sources=self.sources)
@@ -195,7 +205,7 @@ class CallEventWorker:
                 for item, meaning in zip(items, meanings, strict=True)
             ]
             self.recorder.process(session, work)
-            return len(items)
+            return len(items), items.more
 
     def _read(self, source: str, raw: bytes) -> Meaning:
         """What the kept request says, read again by its adapter."""
@@ -210,9 +220,11 @@ class CallEventWorker:
     def process_all(self) -> int:
         """Process everything that is due now; how many items."""
         total = 0
-        while processed := self.process_due(BACKLOG_BATCH):
+        while True:
+            processed, more = self.process_due(BACKLOG_BATCH)
             total += processed
-        return total
+            if not (processed and more):
+                return total
 
 
 def _route(raw: bytes) -> str:

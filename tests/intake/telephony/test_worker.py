@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -181,7 +183,9 @@ async def test_events_stored_while_the_worker_finds_nothing_are_acted_on_at_once
     looked, stored = threading.Event(), threading.Event()
     process_due = CallEventWorker.process_due
 
-    def first_finds_nothing_meanwhile_events_arrive(worker: CallEventWorker, limit: int) -> int:
+    def first_finds_nothing_meanwhile_events_arrive(
+        worker: CallEventWorker, limit: int
+    ) -> tuple[int, bool]:
         taken = process_due(worker, limit)
         if not looked.is_set():
             looked.set()
@@ -295,11 +299,15 @@ async def test_a_worker_gives_way_while_webhooks_press_for_at_most_max_lag(
     now = asyncio.get_running_loop().time()
 
     assert worker.give_way() == 0.0
-    # A trickle: one request to a commit presses nothing.
-    worker.notify(1)
+    # A trickle: one request to a commit presses nothing; nor does a commit of several
+    # that leaves none waiting (a call's events posted back to back).
+    worker.notify(1, 0)
+    worker.notify(1, 2)
+    worker.notify(3, 0)
     assert worker.give_way() == 0.0
-    # Several to a commit: they press, and the worker waits until they may have eased off.
-    worker.notify(3)
+    # Several to a commit, more waiting for the next: they press, and the worker waits
+    # until they may have eased off.
+    worker.notify(3, 2)
     assert 0.0 < worker.give_way() <= ARRIVING
     # ... but not past MAX_LAG for the oldest event waiting.
     worker.behind_since = now - MAX_LAG + 0.05
@@ -314,7 +322,7 @@ async def test_a_worker_gives_way_while_webhooks_press_for_at_most_max_lag(
 async def _pressing(app: Any, stop: asyncio.Event) -> None:
     """Commits of several requests each, as webhooks pressing at full speed make them."""
     while not stop.is_set():
-        app[WORKER].notify(4)
+        app[WORKER].notify(4, 4)
         await asyncio.sleep(0.02)
 
 
@@ -364,3 +372,48 @@ async def test_a_trickle_of_webhooks_is_acted_on_as_it_comes(
         assert app[WORKER].give_way() == 0.0
         await asyncio.wait_for(app[WORKER].idle.wait(), timeout=2)
         assert len(tickets(db)) == n + 1
+
+
+async def test_a_batch_that_failed_while_webhooks_press_leaves_the_worker_behind_still(
+    db: Database,
+    telephony_env: None,
+    aiohttp_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its items are left (one is taken alone): the worker goes on with them at once, not
+    # after giving way for another MAX_LAG as if it had caught up.
+    monkeypatch.setattr("intake.sources.telephony.worker.MAX_LAG", 2.0)
+    calls: list[tuple[int, float]] = []
+    armed = asyncio.Event()
+    process = CallEventWorker._process
+
+    def first_batch_fails(worker: CallEventWorker, limit: int) -> tuple[int, bool]:
+        if armed.is_set():
+            calls.append((limit, time.monotonic()))
+            if len(calls) == 1:
+                raise RuntimeError("the batch's transaction failed")
+        return process(worker, limit)
+
+    monkeypatch.setattr(CallEventWorker, "_process", first_batch_fails)
+    app = create_app(http_context(settings_with(), db, Desk(RULES)))
+    client = await aiohttp_client(app)
+    stop = asyncio.Event()
+    pressing = asyncio.create_task(_pressing(app, stop))
+    try:
+        for n in range(3):
+            body = event("hangup", call_id=f"f-{n}", cause="busy", **{"from": f"+7916000001{n}"})
+            assert (await client.post(URL, json=body)).status == 200
+        armed.set()
+        await asyncio.wait_for(_until(lambda: len(tickets(db)) == 3), timeout=10)
+    finally:
+        stop.set()
+        await pressing
+    (failed, _), (alone, after_failure), (_, next_batch) = calls[:3]
+    assert (failed > 1, alone) == (True, 1)
+    assert next_batch - after_failure < 1.0
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    # What is looked for is in the database, which has no event to wait on.
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
