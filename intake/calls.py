@@ -274,9 +274,9 @@ class ReadAhead:
         # The HTTP edge adds and the worker takes, from different threads on PostgreSQL.
         self._lock = threading.Lock()
 
-    def add(self, key: tuple[str, str], meaning: Meaning) -> None:
+    def add(self, meanings: Iterable[tuple[tuple[str, str], Meaning]]) -> None:
         with self._lock:
-            self._meanings[key] = meaning
+            self._meanings.update(meanings)
             while len(self._meanings) > self.LIMIT:
                 del self._meanings[next(iter(self._meanings))]
 
@@ -312,24 +312,27 @@ class CallRecorder:
             }
             for r in batch
         ]
-        # On SQLite through the driver's own connection: the batch's two statements cost
+        # On SQLite through the driver's own connection: the batch's few statements cost
         # SQLite less than SQLAlchemy's transaction around them would.
         with (
             self.db.sqlite_transaction()
             if self.db.dialect == "sqlite"
             else self.db.connection_transaction()
         ) as connection:
-            # What inbound.store() does for one item, in two statements for the batch:
-            # building statements per webhook costs more than its share of the commit.
+            # What inbound.store() does for one item, for the batch at once (a statement
+            # for its items and one for their bytes, as a rule): building statements per
+            # webhook costs more than its share of the commit.
             new = inbound.store_batch(connection, rows)
             results = []
-            for received in batch:
-                key = (source_name(received.provider), received.source_ref)
+            meanings = []
+            for received, row in zip(batch, rows, strict=True):
+                key = (row["source"], received.source_ref)
                 results.append(key in new)
                 if key in new:
                     new.discard(key)
-                    # Before the commit: once it is in, a worker may claim the item.
-                    self.read_ahead.add(key, Meaning(received.events, received.ignored))
+                    meanings.append((key, Meaning(received.events, received.ignored)))
+            # Before the commit: once it is in, a worker may claim the items.
+            self.read_ahead.add(meanings)
         return results
 
     def process(self, session: Session, work: Sequence[Work]) -> None:

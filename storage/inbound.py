@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.schema import ColumnDefault
 
 from storage.models import InboundItem, InboundRaw, InboundState, utcnow
 
@@ -134,13 +135,24 @@ def _store_batch_sqlite(
     rows: Sequence[Mapping[str, Any]],
     raws: Mapping[tuple[str, str], bytes],
 ) -> set[tuple[str, str]]:
-    """:func:`store_batch` on SQLite, through the driver: one INSERT of all the rows, and
-    one of their raw bytes. The webhooks' group commit runs it for every batch, and
-    SQLAlchemy's work around the two statements (compiling the many-row RETURNING insert,
-    processing each parameter and row) cost the storage thread twice what SQLite's did.
-    The values are bound as SQLAlchemy would bind them (the columns' own processors), so
-    what is stored reads back the same either way."""
+    """:func:`store_batch` on SQLite, through the driver: many rows to a statement, for
+    the items and for their raw bytes, in slices within SQLite's limits (for the
+    webhooks' batches of a few dozen, a statement each). The webhooks' group commit runs
+    it for every batch, and SQLAlchemy's work around the statements (compiling the
+    many-row RETURNING insert, processing each parameter and row) cost the storage thread
+    twice what SQLite's did. The values are bound as SQLAlchemy would bind them (the
+    columns' own processors and defaults), so what is stored reads back the same either
+    way."""
     columns = [name for name in rows[0] if name != "raw"]
+    # The columns' own defaults for what the rows leave out, as SQLAlchemy would fill them.
+    defaults = {
+        column.name: column.default.arg(None) if column.default.is_callable else column.default.arg
+        for column in INBOUND.c
+        if column.name not in rows[0] and isinstance(column.default, ColumnDefault)
+    }
+    if defaults:
+        rows = [{**row, **defaults} for row in rows]
+        columns += defaults
     bind = _sqlite_binders(tuple(columns))
     values = [bind[i](row[name]) for row in rows for i, name in enumerate(columns)]
     new: set[tuple[str, str]] = set()

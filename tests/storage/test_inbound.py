@@ -267,3 +267,17 @@ def test_a_batch_stored_through_the_sqlite_driver_reads_back_as_stored_through_s
             "SELECT DISTINCT received_at, state FROM inbound"
         ).all()
     assert len(texts) == 1
+
+
+def test_a_batch_leaving_out_columns_with_defaults_gets_the_defaults(db: Database) -> None:
+    before = dt.datetime.now(dt.UTC)
+    with db.transaction() as session:
+        new = inbound.store_batch(
+            session,
+            [{"source": "telephony:generic", "source_ref": "d", "raw": b"call", "size": 4}],
+        )
+    assert new == {("telephony:generic", "d")}
+    with db.transaction() as session:
+        item = session.scalars(select(InboundItem)).one()
+        assert (item.state, item.attempts) == (InboundState.PENDING, 0)
+        assert before <= item.received_at <= dt.datetime.now(dt.UTC)
