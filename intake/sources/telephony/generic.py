@@ -126,34 +126,43 @@ class GenericCti:
         return Normalised(ACCEPTED, source_ref, (call,))
 
 
-def _fields(request: WebhookRequest) -> dict[str, list[str]]:
+def _fields(request: WebhookRequest) -> Mapping[str, Any]:
+    """The request's fields: a JSON object as it is (each field is checked when read), or
+    a form's fields as lists of values (``user[]`` read as ``user``)."""
     if request.content_type == "application/json":
         data = request.json()
         if not isinstance(data, dict):
             raise Invalid("the JSON body must be an object")
-        return {key: _strings(key, value) for key, value in data.items()}
+        return data
     fields: dict[str, list[str]] = {}
     for key, value in request.form():
         fields.setdefault(key.removesuffix("[]"), []).append(value)
     return fields
 
 
-def _strings(key: str, value: Any) -> list[str]:
+def _one(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key)
+    if value is None:
+        return ""
     if type(value) is str:
-        return [value]
+        return _text(key, value)
+    values = _strings(key, value)
+    return _text(key, values[0]) if values else ""
+
+
+def _many(fields: Mapping[str, Any], key: str) -> list[str]:
+    value = fields.get(key)
+    if value is None:
+        return []
+    return [_text(key, v) for v in ([value] if type(value) is str else _strings(key, value))]
+
+
+def _strings(key: str, value: Any) -> list[str]:
+    # JSON: a string, a number, or a list of them.
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
         raise Invalid(f"{key} must be a string or a list of strings")
     return [str(v) for v in values]
-
-
-def _one(fields: Mapping[str, list[str]], key: str) -> str:
-    values = fields.get(key)
-    return _text(key, values[0]) if values else ""
-
-
-def _many(fields: Mapping[str, list[str]], key: str) -> list[str]:
-    return [_text(key, v) for v in fields.get(key, [])]
 
 
 def _text(key: str, value: str) -> str:
