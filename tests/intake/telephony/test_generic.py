@@ -205,6 +205,27 @@ async def test_unknown_event_and_bad_direction_are_422_with_the_reason(
         422,
         {"error": "direction must be 'in' or 'out'"},
     )
+    # A field that is read must be a string, a number or a list of them.
+    assert await post(client, event("answer", user={"name": "anna"})) == (
+        422,
+        {"error": "user must be a string or a list of strings"},
+    )
+    assert await post(client, event("answer", call_id=["c-1", True])) == (
+        422,
+        {"error": "callId must be a string or a list of strings"},
+    )
+
+
+async def test_numbers_and_lists_in_json_fields_are_read_as_text(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    body = event("answer", call_id=4711, user=["anna", 7])
+    body["from"] = 79161234567
+
+    assert await post(client, body) == (200, {})
+    call = the_call(db, "4711")
+    assert (call.agent, call.from_number) == ("anna, 7", CALLER_E164)
 
 
 async def test_new_call_from_a_blocked_number_is_rejected_as_busy(
