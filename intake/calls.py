@@ -35,7 +35,6 @@ from storage.models import (
     CallState,
     Channel,
     Customer,
-    InboundState,
     Priority,
     utcnow,
 )
@@ -299,19 +298,7 @@ class CallRecorder:
         read, kept here for the worker before the commit lets it claim them."""
         if not batch:
             return []
-        now = utcnow()
-        rows = [
-            {
-                "source": source_name(r.provider),
-                "source_ref": r.source_ref,
-                "raw": r.raw,
-                "size": len(r.raw),
-                "received_at": now,
-                "state": InboundState.PENDING,
-                "attempts": 0,
-            }
-            for r in batch
-        ]
+        kept = [inbound.Received(source_name(r.provider), r.source_ref, r.raw) for r in batch]
         # On SQLite through the driver's own connection: the batch's few statements cost
         # SQLite less than SQLAlchemy's transaction around them would.
         with (
@@ -322,11 +309,11 @@ class CallRecorder:
             # What inbound.store() does for one item, for the batch at once (a statement
             # for its items and one for their bytes, as a rule): building statements per
             # webhook costs more than its share of the commit.
-            new = inbound.store_batch(connection, rows)
+            new = inbound.store_received(connection, kept)
             results = []
             meanings = []
-            for received, row in zip(batch, rows, strict=True):
-                key = (row["source"], received.source_ref)
+            for received, item in zip(batch, kept, strict=True):
+                key = (item.source, item.source_ref)
                 results.append(key in new)
                 if key in new:
                     new.discard(key)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -100,6 +101,8 @@ class Database:
         self.sessions = sessionmaker(engine, expire_on_commit=False, info={"database": self})
         self._side: Engine | None = None
         self._side_lock = threading.Lock()
+        # By thread: the connection each keeps for sqlite_transaction().
+        self._held: dict[int, PoolProxiedConnection] = {}
         # SQLite has one writer. Threads of this process take turns on a lock of ours, so
         # the next one starts the moment a commit ends; on SQLite's own lock alone they
         # would poll it with sleeps of 1 to 100 ms (its busy handler), and under load
@@ -143,20 +146,28 @@ class Database:
         if self.dialect != "sqlite":
             raise StorageError(f"a driver transaction is SQLite's, not {self.dialect}'s")
         with self._writer:
-            pooled = self.engine.raw_connection()
+            driver = self._held_connection()
+            driver.execute("BEGIN IMMEDIATE")
             try:
-                driver = cast(sqlite3.Connection, pooled.driver_connection)
-                driver.execute("BEGIN IMMEDIATE")
-                try:
-                    yield driver
-                    driver.execute("COMMIT")
-                except BaseException:
-                    # A failed COMMIT (a full disk) leaves the transaction open as well.
-                    if driver.in_transaction:
-                        driver.execute("ROLLBACK")
-                    raise
-            finally:
-                pooled.close()
+                yield driver
+                driver.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (a full disk) leaves the transaction open as well.
+                if driver.in_transaction:
+                    driver.execute("ROLLBACK")
+                raise
+
+    def _held_connection(self) -> sqlite3.Connection:
+        """The connection this thread keeps for :meth:`sqlite_transaction`, taken from the
+        pool at its first use and held until :meth:`dispose`: the storage threads that use
+        it are few and live as long as the daemon, and a checkout from the pool and its
+        return (with a reset) for every batch were most of the batch's own work."""
+        pooled = self._held.get(threading.get_ident())
+        if pooled is None:
+            pooled = self.engine.raw_connection()
+            with self._side_lock:
+                self._held[threading.get_ident()] = pooled
+        return cast(sqlite3.Connection, pooled.driver_connection)
 
     def side_statement(
         self, statement: Executable, parameters: Mapping[str, Any]
@@ -197,6 +208,10 @@ class Database:
         return _first_row(side, statement, parameters)
 
     def dispose(self) -> None:
+        with self._side_lock:
+            held, self._held = list(self._held.values()), {}
+        for pooled in held:
+            pooled.close()
         self.engine.dispose()
         if self._side is not None:
             self._side.dispose()

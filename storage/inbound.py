@@ -36,7 +36,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.schema import ColumnDefault
 
 from storage.models import InboundItem, InboundRaw, InboundState, utcnow
 
@@ -106,65 +105,91 @@ def store(
     return Stored(existing, duplicate=True)
 
 
-def store_batch(
-    into: Session | Connection | sqlite3.Connection, rows: Sequence[Mapping[str, Any]]
+class Received(NamedTuple):
+    """An item to keep, as :func:`store_received` takes it."""
+
+    source: str
+    source_ref: str
+    raw: bytes
+
+
+def store_received(
+    into: Session | Connection | sqlite3.Connection,
+    items: Sequence[Received],
+    *,
+    received_at: dt.datetime | None = None,
 ) -> set[tuple[str, str]]:
-    """:func:`store` for a batch (the webhooks' group commit): each row is the item's
-    columns and its ``raw`` bytes. The (source, source_ref) of the items new here; the
-    others are duplicates, and the first of a reference repeated in the batch is kept."""
-    raws: dict[tuple[str, str], bytes] = {}
-    for row in rows:
-        raws.setdefault((row["source"], row["source_ref"]), row["raw"])
-    if not rows:
+    """:func:`store` for a batch (the webhooks' group commit), all received at one time.
+    The (source, source_ref) of the items new here; the others are duplicates, and the
+    first of a reference repeated in the batch is kept."""
+    if not items:
         return set()
+    received_at = received_at or utcnow()
     if isinstance(into, sqlite3.Connection):
-        return _store_batch_sqlite(into, rows, raws)
+        return _store_received_sqlite(into, items, received_at)
     connection = into if isinstance(into, Connection) else into.connection()
     if connection.dialect.name == "sqlite":
-        return _store_batch_sqlite(_sqlite_connection(connection), rows, raws)
-    new = connection.execute(
-        _STORE[connection.dialect.name],
-        [{name: value for name, value in row.items() if name != "raw"} for row in rows],
-    ).all()
+        return _store_received_sqlite(_sqlite_connection(connection), items, received_at)
+    rows = [
+        {
+            "source": item.source,
+            "source_ref": item.source_ref,
+            "size": len(item.raw),
+            "received_at": received_at,
+            "state": InboundState.PENDING,
+            "attempts": 0,
+        }
+        for item in items
+    ]
+    new = connection.execute(_STORE[connection.dialect.name], rows).all()
+    raws = _first_raws(items)
     write_raw(connection, {row.id: raws[(row.source, row.source_ref)] for row in new})
     return {(row.source, row.source_ref) for row in new}
 
 
-def _store_batch_sqlite(
-    driver: sqlite3.Connection,
-    rows: Sequence[Mapping[str, Any]],
-    raws: Mapping[tuple[str, str], bytes],
+def _first_raws(items: Sequence[Received]) -> dict[tuple[str, str], bytes]:
+    raws: dict[tuple[str, str], bytes] = {}
+    for item in reversed(items):
+        raws[(item.source, item.source_ref)] = item.raw
+    return raws
+
+
+# The columns store_received() writes, in the order of its values.
+_RECEIVED_COLUMNS = ("source", "source_ref", "size", "received_at", "state", "attempts")
+
+
+def _store_received_sqlite(
+    driver: sqlite3.Connection, items: Sequence[Received], received_at: dt.datetime
 ) -> set[tuple[str, str]]:
-    """:func:`store_batch` on SQLite, through the driver: many rows to a statement, for
-    the items and for their raw bytes, in slices within SQLite's limits (for the
-    webhooks' batches of a few dozen, a statement each). The webhooks' group commit runs
-    it for every batch, and SQLAlchemy's work around the statements (compiling the
-    many-row RETURNING insert, processing each parameter and row) cost the storage thread
-    twice what SQLite's did. The values are bound as SQLAlchemy would bind them (the
-    columns' own processors and defaults), so what is stored reads back the same either
-    way."""
-    columns = [name for name in rows[0] if name != "raw"]
-    # The columns' own defaults for what the rows leave out, as SQLAlchemy would fill them.
-    defaults = {
-        column.name: column.default.arg(None) if column.default.is_callable else column.default.arg
-        for column in INBOUND.c
-        if column.name not in rows[0] and isinstance(column.default, ColumnDefault)
-    }
-    if defaults:
-        rows = [{**row, **defaults} for row in rows]
-        columns += defaults
-    bind = _sqlite_binders(tuple(columns))
-    values = [bind[i](row[name]) for row in rows for i, name in enumerate(columns)]
-    new: set[tuple[str, str]] = set()
+    """:func:`store_received` on SQLite, through the driver: many rows to a statement, for
+    the items and for their raw bytes, in slices within SQLite's limits (for the webhooks'
+    batches of a few dozen, a statement each). The webhooks' group commit runs it for every
+    batch in the storage thread, where every step of Python waits its turn at the
+    interpreter lock with the event loop: SQLAlchemy's work around the statements (its
+    connection pool, compiling the many-row RETURNING insert, processing each parameter and
+    row) cost that thread several times what SQLite's own work did. The time and state are
+    bound as SQLAlchemy binds them (the columns' own processors), so what is stored reads
+    back the same either way."""
+    when, state = _sqlite_bound(received_at)
+    values: list[Any] = []
+    for item in items:
+        values += (item.source, item.source_ref, len(item.raw), when, state, 0)
+    width = len(_RECEIVED_COLUMNS)
     # In slices within SQLite's least limit on bound variables (999 before 3.32).
-    per_statement = max(1, 999 // len(columns))
-    for start in range(0, len(rows), per_statement):
-        count = min(per_statement, len(rows) - start)
-        cut = values[start * len(columns) : (start + count) * len(columns)]
-        found = driver.execute(_sqlite_store_sql(tuple(columns), count), cut).fetchall()
-        _write_raw_sqlite(driver, {item_id: raws[(source, ref)] for item_id, source, ref in found})
-        new.update((source, ref) for _, source, ref in found)
-    return new
+    per_statement = 999 // width
+    found: list[tuple[int, str, str]] = []
+    for start in range(0, len(items), per_statement):
+        count = min(per_statement, len(items) - start)
+        cut = values[start * width : (start + count) * width]
+        found += driver.execute(_sqlite_store_sql(_RECEIVED_COLUMNS, count), cut).fetchall()
+    raws = _first_raws(items)
+    _write_raw_sqlite(driver, {item_id: raws[(source, ref)] for item_id, source, ref in found})
+    return {(source, ref) for _, source, ref in found}
+
+
+def _sqlite_bound(received_at: dt.datetime) -> tuple[Any, Any]:
+    bind_time, bind_state = _sqlite_binders(("received_at", "state"))
+    return bind_time(received_at), bind_state(InboundState.PENDING)
 
 
 @functools.cache

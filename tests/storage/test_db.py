@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ from sqlalchemy import func, select
 
 from storage import inbound
 from storage.db import Database, StorageError
-from storage.models import InboundItem, utcnow
+from storage.models import InboundItem
 
 
 def _count(db: Database) -> int:
@@ -50,39 +51,53 @@ def test_a_connection_transaction_waits_its_turn_at_the_sqlite_writer(db: Databa
     assert _count(db) == 1
 
 
-_ROW = {
-    "source": "telephony:generic",
-    "size": 4,
-    "state": "pending",
-    "attempts": 0,
-}
+def _item(ref: str) -> inbound.Received:
+    return inbound.Received("telephony:generic", ref, ref.encode())
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_sqlite_driver_transaction_commits_or_writes_nothing_and_waits_its_turn(
     db: Database,
 ) -> None:
-    row = {**_ROW, "received_at": utcnow()}
     with db.sqlite_transaction() as driver:
-        inbound.store_batch(driver, [{**row, "source_ref": "kept", "raw": b"kept"}])
+        inbound.store_received(driver, [_item("kept")])
     with pytest.raises(RuntimeError), db.sqlite_transaction() as driver:
-        inbound.store_batch(driver, [{**row, "source_ref": "lost", "raw": b"lost"}])
+        inbound.store_received(driver, [_item("lost")])
         raise RuntimeError("before the commit")
-    assert _count(db) == 1
+    # The connection is this thread's own, kept: what failed left no transaction open.
+    with db.sqlite_transaction() as again:
+        assert again is driver
+        inbound.store_received(driver, [_item("next")])
+    assert _count(db) == 2
 
     entered = threading.Event()
 
     def write() -> None:
         with db.sqlite_transaction() as driver:
             entered.set()
-            inbound.store_batch(driver, [{**row, "source_ref": "later", "raw": b"later"}])
+            inbound.store_received(driver, [_item("later")])
 
     with db.transaction():
         other = threading.Thread(target=write)
         other.start()
         assert not entered.wait(timeout=0.2)
     other.join()
-    assert _count(db) == 2
+    assert _count(db) == 3
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_failed_sqlite_commit_is_rolled_back_and_the_connection_still_serves(
+    db: Database,
+) -> None:
+    with pytest.raises(sqlite3.IntegrityError), db.sqlite_transaction() as driver:
+        inbound.store_received(driver, [_item("kept back")])
+        # A foreign key checked at the commit fails it.
+        driver.execute("PRAGMA defer_foreign_keys = ON")
+        driver.execute("INSERT INTO inbound_raw (inbound_id, raw) VALUES (999999, x'00')")
+    assert not driver.in_transaction
+    with db.sqlite_transaction() as driver:
+        inbound.store_received(driver, [_item("kept")])
+    assert _count(db) == 1
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

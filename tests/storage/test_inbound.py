@@ -115,19 +115,8 @@ def test_items_stored_through_a_plain_connection_are_kept_once_with_their_bytes(
         first = inbound.store(connection, source="smtp", source_ref="<a@x>", raw=b"small")
         again = inbound.store(connection, source="smtp", source_ref="<a@x>", raw=b"again")
         big = inbound.store(connection, source="smtp", source_ref="<b@x>", raw=large)
-        new = inbound.store_batch(
-            connection,
-            [
-                {
-                    "source": "telephony:generic",
-                    "source_ref": "c",
-                    "raw": b"call",
-                    "size": 4,
-                    "received_at": T0,
-                    "state": InboundState.PENDING,
-                    "attempts": 0,
-                }
-            ],
+        new = inbound.store_received(
+            connection, [inbound.Received("telephony:generic", "c", b"call")], received_at=T0
         )
     assert (first.duplicate, again.duplicate, again.id, big.duplicate) == (
         False,
@@ -177,30 +166,28 @@ def test_claim_takes_new_items_in_order_without_sorting_the_backlog_on_sqlite(
 
 
 def test_a_batch_of_call_events_is_stored_once_each_with_its_bytes(db: Database) -> None:
-    def row(ref: str, raw: bytes) -> dict[str, Any]:
-        return {
-            "source": "telephony:generic",
-            "source_ref": ref,
-            "raw": raw,
-            "size": len(raw),
-            "received_at": T0,
-            "state": InboundState.PENDING,
-            "attempts": 0,
-        }
+    def row(ref: str, raw: bytes) -> inbound.Received:
+        return inbound.Received("telephony:generic", ref, raw)
 
     with db.transaction() as session:
-        assert inbound.store_batch(session, [row("a", b"first"), row("b", b"second")]) == {
-            ("telephony:generic", "a"),
-            ("telephony:generic", "b"),
-        }
+        stored = inbound.store_received(session, [row("a", b"first"), row("b", b"second")])
+        assert stored == {("telephony:generic", "a"), ("telephony:generic", "b")}
     with db.transaction() as session:
         batch = [row("b", b"again"), row("c", b"third"), row("c", b"dup")]
-        new = inbound.store_batch(session, batch)
+        new = inbound.store_received(session, batch, received_at=T0)
         assert new == {("telephony:generic", "c")}
     with db.transaction() as session:
-        claimed = inbound.claim(session, now=T0, limit=10, sources=["telephony:generic"])
+        claimed = inbound.claim(session, limit=10, sources=["telephony:generic"])
         raws = inbound.raw_of(session, [item.id for item in claimed])
+        items = session.scalars(select(InboundItem).order_by(InboundItem.id)).all()
     assert [raws[item.id] for item in claimed] == [b"first", b"second", b"third"]
+    # Stored pending, each with its size (claimed since: one attempt).
+    assert [(i.state, i.attempts, i.size) for i in items] == [
+        (InboundState.PROCESSING, 1, 5),
+        (InboundState.PROCESSING, 1, 6),
+        (InboundState.PROCESSING, 1, 5),
+    ]
+    assert items[2].received_at == T0
 
 
 def test_raw_bytes_selected_alone_are_each_items_own(db: Database) -> None:
@@ -218,16 +205,8 @@ def test_a_batch_stored_through_the_sqlite_driver_reads_back_as_stored_through_s
     received = dt.datetime(2026, 11, 26, 4, 5, 6, 0, tzinfo=dt.UTC)
     large = bytes(range(256)) * (inbound.RAW_PIECE // 256) + b"more than one piece"
 
-    def row(ref: str, raw: bytes) -> dict[str, Any]:
-        return {
-            "source": "telephony:generic",
-            "source_ref": ref,
-            "raw": raw,
-            "size": len(raw),
-            "received_at": received,
-            "state": InboundState.PENDING,
-            "attempts": 0,
-        }
+    def row(ref: str, raw: bytes) -> inbound.Received:
+        return inbound.Received("telephony:generic", ref, raw)
 
     # More rows than one statement binds (SQLite's least variable limit), a repeated
     # reference, a raw request larger than a piece, and two that are each less than a
@@ -237,13 +216,18 @@ def test_a_batch_stored_through_the_sqlite_driver_reads_back_as_stored_through_s
     rows += [row("r7", b"repeated"), row("big", large), row("h1", half), row("h2", half + b"2")]
     with db.connection_transaction() as connection:
         through_sqlalchemy = inbound.store(
-            connection, source="telephony:generic", source_ref="orm", raw=b"orm",
+            connection,
+            source="telephony:generic",
+            source_ref="orm",
+            raw=b"orm",
             received_at=received,
         )
     with db.sqlite_transaction() as driver:
-        new = inbound.store_batch(driver, rows)
+        new = inbound.store_received(driver, rows, received_at=received)
     with db.sqlite_transaction() as driver:
-        again = inbound.store_batch(driver, [row("r1", b"again"), row("fresh", b"fresh")])
+        again = inbound.store_received(
+            driver, [row("r1", b"again"), row("fresh", b"fresh")], received_at=received
+        )
 
     assert new == {("telephony:generic", f"r{n}") for n in range(300)} | {
         ("telephony:generic", ref) for ref in ("big", "h1", "h2")
@@ -253,31 +237,18 @@ def test_a_batch_stored_through_the_sqlite_driver_reads_back_as_stored_through_s
         items = session.scalars(select(InboundItem).order_by(InboundItem.id)).all()
         raws = inbound.raw_of(session, [item.id for item in items])
         stored = session.execute(
-            select(InboundItem.received_at, InboundItem.state).order_by(InboundItem.id)
+            select(InboundItem.received_at, InboundItem.state, InboundItem.attempts)
         ).all()
     assert items[0].id == through_sqlalchemy.id
     by_ref = {item.source_ref: raws[item.id] for item in items}
     assert (by_ref["r7"], by_ref["big"], by_ref["fresh"]) == (b"raw 7", large, b"fresh")
     assert (by_ref["h1"], by_ref["h2"]) == (half, half + b"2")
+    assert {item.source_ref: item.size for item in items}["big"] == len(large)
     assert len(items) == 305
     # The same stored form as SQLAlchemy's: equal values, so equal comparisons and order.
-    assert set(stored) == {(received, InboundState.PENDING)}
+    assert set(stored) == {(received, InboundState.PENDING, 0)}
     with db.engine.connect() as connection:
         texts = connection.exec_driver_sql(
             "SELECT DISTINCT received_at, state FROM inbound"
         ).all()
     assert len(texts) == 1
-
-
-def test_a_batch_leaving_out_columns_with_defaults_gets_the_defaults(db: Database) -> None:
-    before = dt.datetime.now(dt.UTC)
-    with db.transaction() as session:
-        new = inbound.store_batch(
-            session,
-            [{"source": "telephony:generic", "source_ref": "d", "raw": b"call", "size": 4}],
-        )
-    assert new == {("telephony:generic", "d")}
-    with db.transaction() as session:
-        item = session.scalars(select(InboundItem)).one()
-        assert (item.state, item.attempts) == (InboundState.PENDING, 0)
-        assert before <= item.received_at <= dt.datetime.now(dt.UTC)
