@@ -164,6 +164,7 @@ def webhook_handler(
             request.headers,
             body,
             request.match_info,
+            request.raw_headers,
         )
         try:
             adapter.verify(received, time.time())

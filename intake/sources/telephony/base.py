@@ -102,7 +102,17 @@ class WebhookRequest:
     (Twilio signs it), and the body as a form or as JSON, parsed once for ``verify`` and
     ``normalise`` alike. Headers are looked up regardless of case."""
 
-    __slots__ = ("_parsed", "_url", "body", "headers", "match_info", "method", "query", "route")
+    __slots__ = (
+        "_parsed",
+        "_url",
+        "body",
+        "headers",
+        "match_info",
+        "method",
+        "query",
+        "raw_headers",
+        "route",
+    )
 
     def __init__(
         self,
@@ -115,8 +125,11 @@ class WebhookRequest:
         headers: CIMultiDictProxy[str] | CIMultiDict[str],
         body: bytes,
         match_info: Mapping[str, str] | None = None,
+        # The header lines as received (aiohttp's ``raw_headers``), kept as they are.
+        raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.method = method
+        self.raw_headers = raw_headers
         self.route = route
         self.query = query
         self.headers = headers
@@ -166,17 +179,23 @@ class WebhookRequest:
         return self._parsed
 
     # The inbound store keeps the request as received, minus what authenticates it.
-    _KEPT_OUT = frozenset({"authorization", "cookie"})
+    _KEPT_OUT = frozenset({b"authorization", b"cookie"})
 
     def to_raw(self) -> bytes:
         # The route, not the URL: a generic CTI URL carries its token.
         target = self.route
         if self.query:
             target += "?" + urlencode(list(self.query.items()), errors=_AS_RECEIVED)
-        lines = [f"{self.method} {target}"]
-        lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._KEPT_OUT]
-        lines += ("", "")
-        return "\r\n".join(lines).encode("utf-8", _AS_RECEIVED) + self.body
+        raw_headers = self.raw_headers
+        if raw_headers is None:
+            raw_headers = [
+                (name.encode("utf-8", _AS_RECEIVED), value.encode("utf-8", _AS_RECEIVED))
+                for name, value in self.headers.items()
+            ]
+        lines = [f"{self.method} {target}".encode("utf-8", _AS_RECEIVED)]
+        lines += [b"%s: %s" % pair for pair in raw_headers if pair[0].lower() not in self._KEPT_OUT]
+        lines += (b"", self.body)
+        return b"\r\n".join(lines)
 
     @classmethod
     def from_raw(cls, raw: bytes, *, route: str) -> WebhookRequest:
