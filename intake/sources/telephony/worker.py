@@ -141,10 +141,9 @@ class CallEventWorker:
             if more:
                 # Items are left (a full batch, or one that failed): behind still.
                 continue
-            else:
-                # Caught up with what was stored before this batch's claim; what came since
-                # has waited since then at most.
-                self.behind_since = began if self.stored_at >= began else None
+            # Caught up with what was stored before this batch's claim; what came since has
+            # waited since then at most.
+            self.behind_since = began if self.stored_at >= began else None
             if processed:
                 await _first(stopping, seconds=GATHER)
                 continue
