@@ -123,6 +123,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     stopping.set()
     if task is not None:
         await task
+    if context.db.dialect == "sqlite":
+        # The one storage thread gives back the connection it kept.
+        await asyncio.get_running_loop().run_in_executor(executor, context.db.release_held)
     executor.shutdown(wait=True)
 
 

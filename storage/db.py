@@ -141,33 +141,60 @@ class Database:
         IMMEDIATE), committed on success and rolled back on any error, in its turn at the
         one writer like :meth:`transaction`.
 
-        For the webhooks' group commit, whose two statements per batch cost SQLite less
+        For the webhooks' group commit, whose few statements per batch cost SQLite less
         than SQLAlchemy's connection, transaction and result handling around them did."""
         if self.dialect != "sqlite":
             raise StorageError(f"a driver transaction is SQLite's, not {self.dialect}'s")
         with self._writer:
-            driver = self._held_connection()
+            pooled = self._held_connection()
+            driver = cast(sqlite3.Connection, pooled.driver_connection)
             driver.execute("BEGIN IMMEDIATE")
             try:
                 yield driver
                 driver.execute("COMMIT")
             except BaseException:
-                # A failed COMMIT (a full disk) leaves the transaction open as well.
+                # A failed COMMIT (a full disk) leaves the transaction open as well. A
+                # connection that cannot be rolled back is given up: the next transaction
+                # gets a fresh one.
+                try:
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
                 if driver.in_transaction:
-                    driver.execute("ROLLBACK")
+                    self._release(threading.get_ident(), invalidate=True)
                 raise
 
-    def _held_connection(self) -> sqlite3.Connection:
+    def _held_connection(self) -> PoolProxiedConnection:
         """The connection this thread keeps for :meth:`sqlite_transaction`, taken from the
-        pool at its first use and held until :meth:`dispose`: the storage threads that use
-        it are few and live as long as the daemon, and a checkout from the pool and its
-        return (with a reset) for every batch were most of the batch's own work."""
+        pool at its first use and held until the thread ends or :meth:`dispose`: a checkout
+        from the pool and its return (with a reset) for every batch were most of the
+        batch's own work. The connections of threads that have ended (a storage thread
+        pool that was shut down) go back to the pool when the next is taken."""
         pooled = self._held.get(threading.get_ident())
         if pooled is None:
+            alive = {thread.ident for thread in threading.enumerate()}
+            for ident in [ident for ident in self._held if ident not in alive]:
+                self._release(ident)
             pooled = self.engine.raw_connection()
             with self._side_lock:
                 self._held[threading.get_ident()] = pooled
-        return cast(sqlite3.Connection, pooled.driver_connection)
+        return pooled
+
+    def release_held(self) -> None:
+        """Give the connection this thread keeps for :meth:`sqlite_transaction` back to the
+        pool (a storage thread that is about to end)."""
+        with self._writer:
+            self._release(threading.get_ident())
+
+    def _release(self, ident: int, *, invalidate: bool = False) -> None:
+        with self._side_lock:
+            pooled = self._held.pop(ident, None)
+        if pooled is None:
+            return
+        if invalidate:
+            pooled.invalidate()
+        pooled.close()
 
     def side_statement(
         self, statement: Executable, parameters: Mapping[str, Any]
@@ -208,10 +235,10 @@ class Database:
         return _first_row(side, statement, parameters)
 
     def dispose(self) -> None:
-        with self._side_lock:
-            held, self._held = list(self._held.values()), {}
-        for pooled in held:
-            pooled.close()
+        # Not while a transaction is being written on a held connection.
+        with self._writer:
+            for ident in list(self._held):
+                self._release(ident)
         self.engine.dispose()
         if self._side is not None:
             self._side.dispose()

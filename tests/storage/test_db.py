@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from storage import inbound
-from storage.db import Database, StorageError
+from storage.db import Database, StorageError, create_db_engine
+from storage.migrate import upgrade
 from storage.models import InboundItem
 
 
@@ -104,3 +106,51 @@ def test_a_failed_sqlite_commit_is_rolled_back_and_the_connection_still_serves(
 def test_a_sqlite_driver_transaction_is_refused_on_postgresql(db: Database) -> None:
     with pytest.raises(StorageError, match="SQLite's"), db.sqlite_transaction():
         pass
+
+
+def test_the_connection_a_storage_thread_kept_goes_back_to_the_pool_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    # A pool of one connection (and one overflow). Each thread ends only once the next
+    # has written, so that none takes the ident of one that ended (and its connection):
+    # were an ended thread's connection kept, the third thread would find none.
+    db = Database(create_db_engine(f"sqlite:///{tmp_path / 'held.sqlite3'}", pool_size=1))
+    upgrade(db.engine)
+    wrote: list[str] = []
+
+    def write(ref: str, written: threading.Event, end: threading.Event) -> None:
+        with db.sqlite_transaction() as driver:
+            inbound.store_received(driver, [_item(ref)])
+        wrote.append(ref)
+        written.set()
+        end.wait(timeout=60)
+
+    try:
+        previous: tuple[threading.Thread, threading.Event] | None = None
+        for n in range(4):
+            written, end = threading.Event(), threading.Event()
+            thread = threading.Thread(target=write, args=(f"t{n}", written, end))
+            thread.start()
+            assert written.wait(timeout=60)
+            if previous is not None:
+                previous[1].set()
+                previous[0].join()
+            previous = (thread, end)
+        assert previous is not None
+        previous[1].set()
+        previous[0].join()
+        assert wrote == ["t0", "t1", "t2", "t3"]
+        # The last gives its connection back itself when done with it (as the HTTP app's
+        # storage thread does when the app stops), and the pool has both again.
+        def write_and_release() -> None:
+            done = threading.Event()
+            done.set()
+            write("t4", done, done)
+            db.release_held()
+
+        last = threading.Thread(target=write_and_release)
+        last.start()
+        last.join()
+        assert _count(db) == 5
+    finally:
+        db.dispose()

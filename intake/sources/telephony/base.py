@@ -91,7 +91,9 @@ def refuse_nul(normalised: Normalised) -> None:
 _UNREAD: Any = object()
 
 # Header bytes that are not UTF-8 (a Latin-1 caller name) reach the adapter as aiohttp
-# decodes them, as lone surrogates, and are kept as the bytes they were received as.
+# decodes them, as lone surrogates, and are kept as the bytes they were received as. (The
+# query reaches it decoded by yarl, which has already replaced such bytes; a query that a
+# test or a restart builds with lone surrogates is kept and read back the same way.)
 _AS_RECEIVED = "surrogateescape"
 
 

@@ -83,6 +83,8 @@ class CallEventWorker:
         # clock).
         self.stored_at = -ARRIVING
         self.pressed_at = -ARRIVING
+        # The items the last transaction claimed (in the storage thread).
+        self._claimed: list[int] = []
         # The CPU time per item of the last full batch (seconds).
         self.per_item: float | None = None
         # Since when (the loop's clock) stored events have been waiting to be acted on:
@@ -181,20 +183,45 @@ class CallEventWorker:
         whether due items were left.
 
         Should the batch's transaction itself fail, one item is taken on its own, so that
-        a fault no item's guard catches holds up that item only; the rest are left."""
+        a fault no item's guard catches holds up that item only; the rest are left. Should
+        that fail as well, the item is marked failed in a transaction of its own (retried
+        with backoff, quarantined after the last attempt), and the items after it go on."""
         if not self.adapters:
             return 0, False
         try:
             return self._process(limit)
         except Exception:
             log.exception("telephony: a batch of call events failed; taking them one by one")
-        taken, _ = self._process(1)
+        self._claimed = []
+        try:
+            taken, _ = self._process(1)
+        except Exception as error:
+            log.exception("telephony: a call event failed on its own; it is set aside")
+            taken = self._set_aside(self._claimed, f"{type(error).__name__}: {error}")
         return taken, taken > 0
+
+    def _set_aside(self, failed: Sequence[int], error: str) -> int:
+        """Mark the item that failed on its own failed, in a transaction of its own, if it
+        is the first due still (another daemon may have taken it meanwhile); how many."""
+        try:
+            with self.recorder.db.transaction() as session:
+                items = inbound.claim(session, limit=1, sources=self.sources)
+                if [item.id for item in items] != list(failed):
+                    # Not the same item: this claim is undone, and the item is left as it is.
+                    raise _NotTheItem
+                state = inbound.failed(
+                    session, failed[0], error=error, max_attempts=self.recorder.policy.max_attempts
+                )
+        except _NotTheItem:
+            return 0
+        log.warning("telephony: inbound %d is %s: %s", failed[0], state.value, error)
+        return 1
 
     def _process(self, limit: int) -> tuple[int, bool]:
         read_ahead = self.recorder.read_ahead
         with self.recorder.db.transaction() as session:
             items = inbound.claim(session, limit=limit, sources=self.sources)
+            self._claimed = [item.id for item in items]
             meanings = [read_ahead.take(item.source, item.source_ref) for item in items]
             # Only the requests not read on arrival are loaded.
             unread = [item.id for item, meaning in zip(items, meanings, strict=True) if not meaning]
@@ -224,6 +251,10 @@ class CallEventWorker:
             total += processed
             if not (processed and more):
                 return total
+
+
+class _NotTheItem(Exception):
+    """The item claimed to be set aside is not the one that failed."""
 
 
 def _route(raw: bytes) -> str:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event as sql_event
 from sqlalchemy import select, update
 
+from intake.calls import CallRecorder
 from intake.desk import Desk
 from intake.http import WORKER, create_app, http_context
 from intake.sources.telephony.base import Invalid, Normalised, WebhookRequest
@@ -417,3 +418,36 @@ async def _until(condition: Callable[[], bool]) -> None:
     # What is looked for is in the database, which has no event to wait on.
     while not condition():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
+
+
+async def test_an_event_whose_transaction_fails_even_alone_is_set_aside_and_the_rest_go_on(
+    db: Database, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    process = CallRecorder.process
+
+    def fails_with_the_poisoned(recorder: CallRecorder, session: Any, work: Any) -> None:
+        if any(w.item.source_ref.startswith("p-0:") for w in work):
+            raise RuntimeError("the transaction cannot be written")
+        process(recorder, session, work)
+
+    monkeypatch.setattr(CallRecorder, "process", fails_with_the_poisoned)
+    client = await make_client()
+    for n in range(3):
+        body = event("hangup", call_id=f"p-{n}", cause="busy", **{"from": f"+7916000002{n}"})
+        assert (await client.post(URL, json=body)).status == 200
+
+    await processed(client)
+
+    assert len(tickets(db)) == 2
+    with db.transaction() as session:
+        states = session.execute(
+            select(InboundItem.source_ref, InboundItem.state, InboundItem.error).order_by(
+                InboundItem.id
+            )
+        ).all()
+    assert [(ref, state) for ref, state, _ in states] == [
+        ("p-0:hangup", InboundState.FAILED),
+        ("p-1:hangup", InboundState.DONE),
+        ("p-2:hangup", InboundState.DONE),
+    ]
+    assert "the transaction cannot be written" in (states[0].error or "")
