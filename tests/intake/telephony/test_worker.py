@@ -451,3 +451,22 @@ async def test_an_event_whose_transaction_fails_even_alone_is_set_aside_and_the_
         ("p-2:hangup", InboundState.DONE),
     ]
     assert "the transaction cannot be written" in (states[0].error or "")
+
+
+async def test_with_the_database_away_the_worker_waits_a_poll_interval_before_trying_again(
+    db: Database, telephony_env: None, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries: list[int] = []
+
+    def database_away(worker: CallEventWorker, limit: int) -> tuple[int, bool, float]:
+        tries.append(limit)
+        raise RuntimeError("database is away")
+
+    monkeypatch.setattr(CallEventWorker, "_timed", database_away)
+    app = create_app(http_context(settings_with(), db, Desk(RULES)))
+    await aiohttp_client(app)
+    # Webhooks keep waking it; it does not try again before the poll interval (5 s).
+    for _ in range(10):
+        app[WORKER].notify()
+        await asyncio.sleep(0.05)
+    assert tries == [BACKLOG_BATCH]
