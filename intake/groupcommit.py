@@ -8,7 +8,9 @@ its own result.
 
 One bad item must not cost the others their write: a batch whose transaction fails is
 written again one item at a time, and each caller is answered by its own item's outcome.
-When the database itself is down, every one of them fails, as each would have alone.
+When the database itself is unavailable (``unavailable`` says so of the error: locked
+past its timeout, its disk full, the server gone), no item is at fault: every caller is
+told at once, rather than after one more failed attempt (and one more lock timeout) each.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class GroupCommit(Generic[Item, Result]):
     transaction and returns their results in the same order, or raises when that
     transaction did not commit. ``committed`` is called in the event loop after each
     transaction that committed, with the number of items it held and the number already
-    queued for the next. ``max_batch`` bounds the items of one transaction.
+    queued for the next. ``unavailable`` tells an error of the database itself from one
+    that an item may have caused. ``max_batch`` bounds the items of one transaction.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class GroupCommit(Generic[Item, Result]):
         *,
         max_batch: int = 256,
         committed: Callable[[int, int], None] | None = None,
+        unavailable: Callable[[Exception], bool] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -51,6 +55,7 @@ class GroupCommit(Generic[Item, Result]):
         self.executor = executor
         self.max_batch = max_batch
         self.committed = committed
+        self.unavailable = unavailable
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._draining: asyncio.Task[None] | None = None
         self._waiting = 0
@@ -108,10 +113,10 @@ class GroupCommit(Generic[Item, Result]):
         try:
             results = await loop.run_in_executor(self.executor, self._write_all, items)
         except Exception as error:
-            if len(batch) == 1:
-                future = batch[0][1]
-                if not future.done():
-                    future.set_exception(error)
+            if len(batch) == 1 or (self.unavailable is not None and self.unavailable(error)):
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
                 return
             log.warning(
                 "%s: a transaction of %d items failed (%s); writing each alone",

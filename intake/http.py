@@ -35,7 +35,7 @@ from intake.sources.telephony.base import (
 )
 from intake.sources.telephony.registry import build_adapters
 from intake.sources.telephony.worker import CallEventWorker
-from storage.db import Database
+from storage.db import Database, unavailable
 from storage.models import Priority
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[WORKER] = worker
     # The worker is woken after each commit to act on the events.
     app[WRITER] = GroupCommit(
-        "webhooks", context.recorder.store, executor, committed=worker.notify
+        "webhooks",
+        context.recorder.store,
+        executor,
+        committed=worker.notify,
+        unavailable=unavailable,
     )
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping)) if app[PROCESS_EVENTS] else None

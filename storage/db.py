@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -77,6 +77,15 @@ def create_db_engine(
             **options,
         )
     raise StorageError(f"unsupported database {parsed.get_backend_name()!r}")
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` is the database's own (locked past its timeout, its disk full or
+    failing, the server gone or refusing connections), as opposed to one that what was
+    being written may have caused (a constraint, a value the database refuses)."""
+    return isinstance(error, sqlite3.OperationalError | OperationalError | InterfaceError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
 
 
 def _asynchronous_commit(dbapi_connection: Any, _record: Any) -> None:

@@ -29,7 +29,7 @@ from intake.groupcommit import GroupCommit
 from intake.services import cannot_listen
 from parsers.headers import parse_msg_ids, split_header_block
 from storage import inbound
-from storage.db import Database
+from storage.db import Database, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +402,7 @@ class SmtpListener:
             executor,
             max_batch=self.MAX_BATCH,
             committed=self._committed,
+            unavailable=unavailable,
         )
         handler = InboundHandler(writer, self.config)
         try:

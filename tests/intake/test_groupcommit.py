@@ -189,6 +189,39 @@ async def test_a_failing_store_fails_every_caller_and_confirms_nothing(
     assert commits == []
 
 
+class Unavailable(Exception):
+    """What the fake store raises when its database is away."""
+
+
+class AwayStore(FakeStore):
+    def write(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(list(items))
+        self.entered.set()
+        self.gate.wait()
+        raise Unavailable("database is locked")
+
+
+async def test_with_the_database_unavailable_every_caller_is_told_at_once(
+    executor: ThreadPoolExecutor,
+) -> None:
+    # No item is at fault: the batch is not written again item by item (each attempt
+    # would wait out the database's lock timeout once more).
+    store = AwayStore()
+    writer = GroupCommit(
+        "test",
+        store.write,
+        executor,
+        unavailable=lambda error: isinstance(error, Unavailable),
+    )
+    async with held(store):
+        first = await queued(writer, "a")
+        await asyncio.to_thread(store.entered.wait)
+        rest = await queued(writer, "b", "c")
+    answers = await asyncio.gather(*first, *rest, return_exceptions=True)
+    assert [type(answer) for answer in answers] == [Unavailable] * 3
+    assert store.batches == [["a"], ["b", "c"]]
+
+
 async def test_a_caller_gone_before_its_turn_is_not_written(
     executor: ThreadPoolExecutor,
 ) -> None:

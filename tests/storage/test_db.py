@@ -7,10 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from storage import inbound
-from storage.db import Database, StorageError, create_db_engine
+from storage.db import Database, StorageError, create_db_engine, unavailable
 from storage.migrate import upgrade
 from storage.models import InboundItem
 
@@ -154,3 +155,18 @@ def test_the_connection_a_storage_thread_kept_goes_back_to_the_pool_when_it_ends
         assert _count(db) == 5
     finally:
         db.dispose()
+
+
+def test_errors_of_the_database_itself_are_told_from_errors_of_what_was_written(
+    db: Database,
+) -> None:
+    assert unavailable(sqlite3.OperationalError("database is locked"))
+    assert not unavailable(sqlite3.IntegrityError("UNIQUE constraint failed"))
+    assert not unavailable(ValueError("not a database error"))
+    with pytest.raises(DBAPIError) as refused, db.transaction() as session:
+        session.execute(text("INSERT INTO inbound (id) VALUES (NULL)"))
+    assert not unavailable(refused.value)
+    away = Database(create_db_engine("postgresql://nobody@127.0.0.1:9/none", pre_ping=False))
+    with pytest.raises(DBAPIError) as gone, away.transaction() as session:
+        session.execute(text("SELECT 1"))
+    assert unavailable(gone.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from intake.calls import Work
+from intake.calls import CallRecorder, Work
 from intake.desk import Desk
 from intake.directory import add_customer
 from intake.http import WORKER, create_app, http_context
@@ -23,6 +24,7 @@ from intake.sources.telephony.base import WebhookRequest
 from intake.sources.telephony.generic import sign
 from storage import inbound
 from storage.db import Database
+from storage.migrate import upgrade
 from storage.models import (
     Call,
     CallOutcome,
@@ -559,3 +561,38 @@ async def test_a_header_that_is_not_utf8_is_kept_as_received_and_read_again_from
     assert again.query == {"note": "caf\ufffd"}
     await processed(client)
     assert [t.subject for t in tickets(db)] == [f"Missed call from {CALLER_E164}"]
+
+
+async def test_with_the_database_locked_every_webhook_is_told_503_after_one_attempt(
+    tmp_path: Any, telephony_env: None, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process holds SQLite's write lock past the busy timeout: each request is
+    # answered 503 (the provider delivers it again) after its batch's one attempt, not
+    # after one more lock timeout per item.
+    monkeypatch.setattr("storage.db.SQLITE_BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "locked.sqlite3"
+    db = Database.from_url(f"sqlite:///{path}")
+    upgrade(db.engine)
+    written: list[int] = []
+    store = CallRecorder.store
+
+    def counted(recorder: CallRecorder, batch: Sequence[Any]) -> list[bool]:
+        written.append(len(batch))
+        return store(recorder, batch)
+
+    monkeypatch.setattr(CallRecorder, "store", counted)
+    client = await aiohttp_client(
+        create_app(http_context(settings_with(), db, Desk(RULES)), process_events=False)
+    )
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        bodies = [event("hangup", call_id=f"k-{n}", cause="busy") for n in range(3)]
+        answers = await asyncio.gather(*(client.post(URL, json=body) for body in bodies))
+        assert [answer.status for answer in answers] == [503, 503, 503]
+        assert sum(written) == 3
+        blocker.execute("ROLLBACK")
+        assert (await client.post(URL, json=bodies[0])).status == 200
+    finally:
+        blocker.close()
+        db.dispose()
