@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlencode
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from intake.sources.telephony.model import CallEvent
 
@@ -208,7 +208,9 @@ class WebhookRequest:
         for line in lines:
             name, _, value = line.partition(": ")
             headers.add(name, value)
-        query = dict(
+        # Every field, in order; a repeated name reads as its first value, as the live
+        # request's query does.
+        query = MultiDict(
             parse_qsl(target.partition("?")[2], keep_blank_values=True, errors=_AS_RECEIVED)
         )
         return cls(method, target, route, query, headers, body)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiDict
 
 from intake.sources.telephony import base
 from intake.sources.telephony.base import Invalid, WebhookRequest
@@ -64,3 +64,24 @@ def test_a_nul_in_what_is_kept_as_the_reason_is_refused() -> None:
     with pytest.raises(Invalid, match="kind must not contain NUL"):
         base.refuse_nul(kept)
     base.refuse_nul(base.Normalised(base.Reply.json({}), "event-1", ignored="event call.bridged"))
+
+
+def test_a_repeated_query_field_reads_back_as_received() -> None:
+    received = WebhookRequest(
+        "GET",
+        "http://pbx/hook?a=1&a=2&b=3",
+        "/hook",
+        MultiDict([("a", "1"), ("a", "2"), ("b", "3")]),
+        CIMultiDict(),
+        b"",
+    )
+
+    raw = received.to_raw()
+    again = WebhookRequest.from_raw(raw, route="/hook")
+
+    assert raw.startswith(b"GET /hook?a=1&a=2&b=3\r\n")
+    assert again.to_raw() == raw
+    assert (again.query["a"], list(again.query.items())) == (
+        "1",
+        [("a", "1"), ("a", "2"), ("b", "3")],
+    )
