@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
+from sqlalchemy.orm import Session
+
 from intake.calls import CallRecorder, Meaning, Work, source_name
 from intake.sources.telephony.base import TelephonyAdapter, WebhookError, WebhookRequest
 from storage import inbound
@@ -83,8 +85,6 @@ class CallEventWorker:
         # clock).
         self.stored_at = -ARRIVING
         self.pressed_at = -ARRIVING
-        # The items the last transaction claimed (in the storage thread).
-        self._claimed: list[int] = []
         # The CPU time per item of the last full batch (seconds).
         self.per_item: float | None = None
         # Since when (the loop's clock) stored events have been waiting to be acted on:
@@ -192,46 +192,46 @@ class CallEventWorker:
             return self._process(limit)
         except Exception:
             log.exception("telephony: a batch of call events failed; taking them one by one")
-        self._claimed = []
-        try:
-            taken, _ = self._process(1)
-        except Exception as error:
-            log.exception("telephony: a call event failed on its own; it is set aside")
-            taken = self._set_aside(self._claimed, f"{type(error).__name__}: {error}")
+        taken = self._alone()
         return taken, taken > 0
 
-    def _set_aside(self, failed: Sequence[int], error: str) -> int:
-        """Mark the item that failed on its own failed, in a transaction of its own, if it
-        is the first due still (another daemon may have taken it meanwhile); how many."""
-        try:
-            with self.recorder.db.transaction() as session:
-                items = inbound.claim(session, limit=1, sources=self.sources)
-                if [item.id for item in items] != list(failed):
-                    # Not the same item: this claim is undone, and the item is left as it is.
-                    raise _NotTheItem
-                state = inbound.failed(
-                    session, failed[0], error=error, max_attempts=self.recorder.policy.max_attempts
-                )
-        except _NotTheItem:
-            return 0
-        log.warning("telephony: inbound %d is %s: %s", failed[0], state.value, error)
-        return 1
-
     def _process(self, limit: int) -> tuple[int, bool]:
-        read_ahead = self.recorder.read_ahead
         with self.recorder.db.transaction() as session:
             items = inbound.claim(session, limit=limit, sources=self.sources)
-            self._claimed = [item.id for item in items]
-            meanings = [read_ahead.take(item.source, item.source_ref) for item in items]
-            # Only the requests not read on arrival are loaded.
-            unread = [item.id for item, meaning in zip(items, meanings, strict=True) if not meaning]
-            raws = inbound.raw_of(session, unread)
-            work = [
-                Work(item, *(meaning or self._read(item.source, raws[item.id])))
-                for item, meaning in zip(items, meanings, strict=True)
-            ]
-            self.recorder.process(session, work)
+            self._act(session, items)
             return len(items), items.more
+
+    def _alone(self) -> int:
+        """The first due item on its own; how many (0 or 1). Its claim is committed first,
+        so that the attempt counts even when its work fails: then it is marked failed."""
+        with self.recorder.db.transaction() as session:
+            items = inbound.claim(session, limit=1, sources=self.sources)
+        if not items:
+            return 0
+        try:
+            with self.recorder.db.transaction() as session:
+                self._act(session, items)
+        except Exception as exc:
+            (item,) = items
+            log.exception("telephony: inbound %d failed on its own", item.id)
+            error = f"{type(exc).__name__}: {exc}"
+            attempts = self.recorder.policy.max_attempts
+            with self.recorder.db.transaction() as session:
+                state = inbound.failed(session, item.id, error=error, max_attempts=attempts)
+            log.warning("telephony: inbound %d is %s: %s", item.id, state.value, error)
+        return 1
+
+    def _act(self, session: Session, items: Sequence[inbound.Claimed]) -> None:
+        read_ahead = self.recorder.read_ahead
+        meanings = [read_ahead.take(item.source, item.source_ref) for item in items]
+        # Only the requests not read on arrival are loaded.
+        unread = [item.id for item, meaning in zip(items, meanings, strict=True) if not meaning]
+        raws = inbound.raw_of(session, unread)
+        work = [
+            Work(item, *(meaning or self._read(item.source, raws[item.id])))
+            for item, meaning in zip(items, meanings, strict=True)
+        ]
+        self.recorder.process(session, work)
 
     def _read(self, source: str, raw: bytes) -> Meaning:
         """What the kept request says, read again by its adapter."""
@@ -251,10 +251,6 @@ class CallEventWorker:
             total += processed
             if not (processed and more):
                 return total
-
-
-class _NotTheItem(Exception):
-    """The item claimed to be set aside is not the one that failed."""
 
 
 def _route(raw: bytes) -> str:
