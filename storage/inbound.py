@@ -181,15 +181,28 @@ def _store_received_sqlite(
     for start in range(0, len(items), per_statement):
         count = min(per_statement, len(items) - start)
         cut = values[start * width : (start + count) * width]
-        found += driver.execute(_sqlite_store_sql(_RECEIVED_COLUMNS, count), cut).fetchall()
+        found += driver.execute(_sqlite_store_sql(count), cut).fetchall()
     raws = _first_raws(items)
     _write_raw_sqlite(driver, {item_id: raws[(source, ref)] for item_id, source, ref in found})
     return {(source, ref) for _, source, ref in found}
 
 
 def _sqlite_bound(received_at: dt.datetime) -> tuple[Any, Any]:
-    bind_time, bind_state = _sqlite_binders(("received_at", "state"))
+    """The time and state as SQLAlchemy binds them on SQLite."""
+    bind_time, bind_state = _sqlite_processors()
     return bind_time(received_at), bind_state(InboundState.PENDING)
+
+
+@functools.cache
+def _sqlite_processors() -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """The bind processors of the time and state columns on SQLite."""
+    dialect = sqlite.dialect()
+
+    def processor(name: str) -> Callable[[Any], Any]:
+        process = INBOUND.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        return process if process is not None else lambda value: value
+
+    return processor("received_at"), processor("state")
 
 
 @functools.cache
@@ -200,28 +213,13 @@ def _sqlite_raw_sql(count: int) -> str:
 
 
 @functools.cache
-def _sqlite_store_sql(columns: tuple[str, ...], count: int) -> str:
-    # Only the table's own column names go into the text (a KeyError for any other).
-    names = ", ".join(INBOUND.c[name].name for name in columns)
-    one = "(" + ", ".join("?" * len(columns)) + ")"
+def _sqlite_store_sql(count: int) -> str:
+    names = ", ".join(_RECEIVED_COLUMNS)
+    one = "(" + ", ".join("?" * len(_RECEIVED_COLUMNS)) + ")"
     return (
         f"INSERT INTO {INBOUND.name} ({names}) VALUES {', '.join([one] * count)} "  # noqa: S608
         "ON CONFLICT (source, source_ref) DO NOTHING RETURNING id, source, source_ref"
     )
-
-
-@functools.cache
-def _sqlite_binders(columns: tuple[str, ...]) -> list[Callable[[Any], Any]]:
-    dialect = sqlite.dialect()
-    binders: list[Callable[[Any], Any]] = []
-    for name in columns:
-        process = INBOUND.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        binders.append(process if process is not None else _same)
-    return binders
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 _STORE = {
