@@ -188,9 +188,9 @@ class Pipeline:
 
         A failing item is rolled back alone and recorded as failed while the others commit
         (the batch runs again with a savepoint per item), and an item is ``done`` in the
-        same commit as
-        its ticket or follow-up, so a crash never registers it twice. Later items see what
-        earlier ones wrote (a reply stored after the mail it answers finds its ticket)."""
+        same commit as its ticket or follow-up, so a crash never registers it twice. Later
+        items see what earlier ones wrote (a reply stored after the mail it answers finds
+        its ticket)."""
         # Parsing, the rules and the blob files happen outside any transaction.
         return self._process(items, [self._prepare(item) for item in items], claim_next)
 
