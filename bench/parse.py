@@ -3,7 +3,8 @@
 Prints messages/s and MB/s for the full ``parse_mail`` (text, screenshots, versions, kind)
 next to the standard library's bare ``email.message_from_bytes(policy=default)`` plus a walk
 that decodes every part, over one generated corpus; the peak RSS growth while parsing a
-25 MB attachment (in a child process); and the slowest pathological message.
+25 MB attachment (in a child process); the slowest pathological message; and the slowest
+of 10,000 fuzzed ones.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from parsers import parse_mail
+from tests.parsers import test_robustness as robustness
 
 RU = ("Здравствуйте! После обновления у оператора не работает AgentZone 3.2.1.\n"
       "Версия ОС: Windows 10 Pro\nБраузер: Google Chrome 120.0.6099.130\n"
@@ -182,6 +184,8 @@ def pathological() -> None:
         "300,000 header lines": top + b"X-H: v\r\n" * 300_000 + b"\r\nx",
         "20 MB single line": top + b"\r\n" + b"a" * 20_000_000,
         "300,000 quoted lines": top + b"\r\n" + b"> On x wrote:\n" * 300_000,
+        # The tests' own (which only make sure that none hangs).
+        **{f"{name} (tests)": raw for name, raw in robustness.pathological().items()},
     }
     slowest = ("", 0.0)
     for name, raw in cases.items():
@@ -192,6 +196,24 @@ def pathological() -> None:
         if elapsed > slowest[1]:
             slowest = (name, elapsed)
     print(f"  slowest: {slowest[0]} in {slowest[1] * 1000:.1f} ms")
+
+
+def fuzzed() -> None:
+    """The tests' 10,000 fuzzed messages (mutated corpus mails and generated ones): the
+    slowest to parse."""
+    rng = random.Random(20260125)
+    generated, mutate, seeds = robustness.generated, robustness.mutate, robustness.SEEDS
+    slowest = 0.0
+    began = time.perf_counter()
+    for i in range(10_000):
+        raw = generated(rng) if i % 4 == 0 else mutate(rng, rng.choice(seeds))
+        start = time.perf_counter()
+        parse_mail(raw)
+        slowest = max(slowest, time.perf_counter() - start)
+    print(
+        f"  10,000 fuzzed messages in {time.perf_counter() - began:.1f} s; "
+        f"slowest {slowest * 1000:.1f} ms"
+    )
 
 
 def main() -> None:
@@ -213,6 +235,7 @@ def main() -> None:
     big_attachment()
     print("pathological messages:")
     pathological()
+    fuzzed()
 
 
 if __name__ == "__main__":

@@ -87,21 +87,22 @@ def test_structured_fragments_never_raise(fragments: list[bytes], text: str) -> 
     assert_writable(result)
 
 
-def test_fuzz_ten_thousand_messages_each_under_a_second() -> None:
+# A message that takes this long is stuck (a loop, a backtracking pattern), not slow: the
+# parse's speed, the pathological messages' below included, is bench/parse.py's to measure
+# (the slowest took 118 ms there). A bound near the usual time fails on a loaded or slow
+# machine: 1.05 s for one fuzzed message once, on a day the machine ran three times slower.
+HANG = 10.0
+
+
+def test_fuzz_ten_thousand_messages_none_hangs() -> None:
     rng = random.Random(20260125)
-    slowest = 0.0
-    started = time.monotonic()
     for i in range(10_000):
         raw = generated(rng) if i % 4 == 0 else mutate(rng, rng.choice(SEEDS))
         t0 = time.monotonic()
         result = parse_mail(raw)
-        elapsed = time.monotonic() - t0
-        slowest = max(slowest, elapsed)
-        assert elapsed < 1.0, raw[:200]
+        assert time.monotonic() - t0 < HANG, raw[:200]
         assert not _internal_error(result), result.warnings
         assert_writable(result)
-    assert time.monotonic() - started < 90
-    assert slowest < 1.0
 
 
 def test_guard_turns_an_internal_bug_into_a_warning(monkeypatch: object) -> None:
@@ -136,12 +137,11 @@ def pathological() -> dict[str, bytes]:
     }
 
 
-def test_pathological_messages_each_under_a_second() -> None:
-    parse_mail(b"Subject: warm-up\r\n\r\nMozilla/5.0 (X11; Linux x86_64) Firefox/120.0")
+def test_no_pathological_message_hangs() -> None:
     for name, raw in pathological().items():
         t0 = time.monotonic()
         result = parse_mail(raw)
-        assert time.monotonic() - t0 < 1.0, name
+        assert time.monotonic() - t0 < HANG, name
         assert not _internal_error(result), name
 
 
