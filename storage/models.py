@@ -29,6 +29,7 @@ from sqlalchemy import (
     case,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
@@ -377,8 +378,16 @@ class InboundItem(Base):
         Index("ix_inbound_claim", "state", "next_attempt_at"),
         # An IMAP source asks "has this mailbox stored this Message-ID?" for every message;
         # the pipeline asks whether a mail answered, or the same mail from another source,
-        # is still in the store (storage.inbound.unfinished).
-        Index("ix_inbound_message_id", "message_id", "source"),
+        # is still in the store (storage.inbound.unfinished). Each names a Message-ID, so
+        # the items without one (call events) are left out: a commit of webhooks writes
+        # one index fewer.
+        Index(
+            "ix_inbound_message_id",
+            "message_id",
+            "source",
+            sqlite_where=text("message_id IS NOT NULL"),
+            postgresql_where=text("message_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from storage import inbound
+from storage import checkpoints, inbound
 from storage.db import Database
 from storage.models import InboundItem, InboundState
 
@@ -163,6 +163,47 @@ def test_claim_takes_new_items_in_order_without_sorting_the_backlog_on_sqlite(
     assert details == [
         "SEARCH inbound USING INDEX ix_inbound_claim (state=? AND next_attempt_at=?)"
     ]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_only_items_with_a_message_id_are_in_its_index_and_its_questions_use_it(
+    db: Database,
+) -> None:
+    for n in range(2):
+        _store(db, ref=f"<{n}@x>")
+    with db.transaction() as session:
+        calls = [inbound.Received("telephony:generic", f"call-{n}", b"{}") for n in range(3)]
+        inbound.store_received(session, calls)
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("ANALYZE")
+        (stat,) = connection.exec_driver_sql(
+            "SELECT stat FROM sqlite_stat1 WHERE idx = 'ix_inbound_message_id'"
+        ).one()
+        # Its first figure is the index's entries: the two mails, none of the calls.
+        assert int(stat.split()[0]) == 2
+    # The questions as they are asked: both name Message-IDs (the registrar's, across
+    # sources; an IMAP source's, for its mailbox).
+    asked: list[tuple[str, Any]] = []
+
+    def seen(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        asked.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        with db.transaction() as session:
+            found = session.execute(
+                inbound.UNFINISHED, {"message_ids": ["<0@x>", "<1@x>"], "besides": 0}
+            ).all()
+            assert checkpoints.has_message_id(session, "smtp", "<1@x>")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert len(found) == 2
+    questions = [(s, p) for s, p in asked if "message_id" in s.partition("FROM")[2]]
+    assert len(questions) == 2
+    with db.engine.connect() as connection:
+        for statement, parameters in questions:
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            assert any("INDEX ix_inbound_message_id" in row[-1] for row in plan), statement
 
 
 def test_a_batch_of_call_events_is_stored_once_each_with_its_bytes(db: Database) -> None:
