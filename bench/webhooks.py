@@ -2,12 +2,16 @@
 
 Serves the generic CTI endpoint (the real app: token check, inbound store, call record,
 missed-call tickets) on SQLite on a loopback port, and from a separate process posts call
-triples (newCall, answer, hangup) at full speed over a fixed number of connections. Then
-the same load against a bare aiohttp handler that only answers 200, and against a
-reference floor: a handler that commits each raw body to SQLite (as the daemon configures
-it) before answering, through a minimal group commit, and does nothing else. Prints
-events/s and p50/p99 latency of each, and the ratios to the bare handler: the three take
-turns for --rounds rounds, and the median round is shown. Bounded by --calls and --seconds.
+triples (newCall, answer, hangup) as fast as they are answered, over each number of
+connections of --concurrency. Then the same load against a bare aiohttp handler that only
+answers 200, and against a reference floor: a handler that commits each raw body to SQLite
+(as the daemon configures it) before answering, through a minimal group commit, and does
+nothing else. Prints events/s and p50/p99 latency of each at each number of connections,
+and at full speed: each server at the number of connections that gave it its best rate (a
+server that commits before it answers shares each commit among the requests that wait for
+it, so it needs more requests in flight than the bare handler to reach its best). The
+servers take turns for --rounds rounds, and the median round is shown. Bounded by --calls
+and --seconds.
 """
 
 from __future__ import annotations
@@ -204,6 +208,7 @@ async def _measure(app: web.Application, args: argparse.Namespace) -> dict[str, 
         url = f"http://127.0.0.1:{port}/api/v1/cti/{TOKEN}"
         began, cpu = time.perf_counter(), time.process_time()
         result = await asyncio.get_running_loop().run_in_executor(None, _run_load, url, args)
+        result["connections"] = args.concurrency
         # This process's CPU (the load runs in another): the budget each event spends.
         result["cpu_ms"] = 1000 * (time.process_time() - cpu) / result["events"]
         if WORKER in app and app[PROCESS_EVENTS]:
@@ -232,7 +237,8 @@ def _not_done(app: web.Application) -> int:
 def _line(name: str, result: dict[str, float]) -> str:
     rate = result["events"] / result["seconds"]
     return (
-        f"{name:<22} {int(result['events']):>7} events  {rate:>8.0f} events/s  "
+        f"{name:<20} {int(result['events']):>6} events  {rate:>6.0f} events/s "
+        f"({int(result['connections'])} conn.)  "
         f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
         f"server CPU {result['cpu_ms']:.2f} ms/event"
     )
@@ -242,28 +248,77 @@ def _rate(result: dict[str, float]) -> float:
     return result["events"] / result["seconds"]
 
 
-async def _round(args: argparse.Namespace) -> tuple[dict[str, float], ...]:
-    with tempfile.TemporaryDirectory() as state:
-        intake = await _measure(await _intake_app(Path(state), not args.ingest_only), args)
-    bare = await _measure(await _bare_app(), args)
-    with tempfile.TemporaryDirectory() as state:
-        floor = await _measure(await _floor_app(Path(state)), args)
-    return intake, bare, floor
+Servers = tuple[dict[str, float], dict[str, float], dict[str, float]]
+
+
+async def _round(args: argparse.Namespace) -> dict[int, Servers]:
+    """Each number of connections in turn, the three servers one after another at each."""
+    measured = {}
+    for connections in args.concurrency:
+        load = argparse.Namespace(**{**vars(args), "concurrency": connections})
+        with tempfile.TemporaryDirectory() as state:
+            intake = await _measure(await _intake_app(Path(state), not args.ingest_only), load)
+        bare = await _measure(await _bare_app(), load)
+        with tempfile.TemporaryDirectory() as state:
+            floor = await _measure(await _floor_app(Path(state)), load)
+        measured[connections] = (intake, bare, floor)
+    return measured
+
+
+def _best(runs: Sequence[Servers]) -> Servers:
+    """Each server at full speed: at the number of connections that gave it its best rate."""
+    return cast(Servers, tuple(max((run[i] for run in runs), key=_rate) for i in range(3)))
+
+
+def _median(rounds: Sequence[Servers]) -> tuple[Servers, list[float], list[float]]:
+    """The round whose intake / bare ratio is the median, and every round's ratios (of
+    intake and of the floor to bare), sorted."""
+    ratios = sorted(_rate(intake) / _rate(bare) for intake, bare, _ in rounds)
+    floor_ratios = sorted(_rate(floor) / _rate(bare) for _, bare, floor in rounds)
+    middle = ratios[len(ratios) // 2]
+    shown = next(r for r in rounds if _rate(r[0]) / _rate(r[1]) == middle)
+    return shown, ratios, floor_ratios
+
+
+def _share(ratios: Sequence[float]) -> str:
+    median = f"{ratios[len(ratios) // 2]:.0%}"
+    if len(ratios) == 1:
+        return median
+    return f"{median} (rounds: {', '.join(f'{r:.0%}' for r in ratios)})"
 
 
 async def _main(args: argparse.Namespace) -> None:
-    # The three servers take turns, round after round, and each round's ratios are its own:
-    # the machine's speed drifts by a third from one minute to the next, and a ratio of
-    # runs minutes apart says more about the drift than about the servers.
+    # The servers take turns, round after round, and each round's ratios are its own: the
+    # machine's speed drifts by a third from one minute to the next, and a ratio of runs
+    # minutes apart says more about the drift than about the servers.
     rounds = [await _round(args) for _ in range(args.rounds)]
-    ratios = sorted(_rate(intake) / _rate(bare) for intake, bare, _ in rounds)
-    floor_ratios = sorted(_rate(floor) / _rate(bare) for _, bare, floor in rounds)
-    # The round whose intake / bare ratio is the median is shown whole.
-    intake, bare, floor = next(
-        r for r in rounds if _rate(r[0]) / _rate(r[1]) == ratios[len(ratios) // 2]
+    plural = "s" if args.rounds > 1 else ""
+    print(
+        f"{args.rounds} round{plural} of {', '.join(map(str, args.concurrency))} connections; "
+        f"each line is the round whose intake / bare ratio is the median"
     )
-    if args.rounds > 1:
-        print(f"{args.rounds} rounds; the median round:")
+    if len(args.concurrency) > 1:
+        # Every number of connections, so that what full speed picks is in sight.
+        print(
+            f"{'connections':>11}  {'intake':>15} {'p99':>9}  {'bare':>15} {'p99':>9}  "
+            f"{'floor':>15} {'p99':>9}  intake / bare      floor / bare"
+        )
+        for connections in args.concurrency:
+            (intake, bare, floor), ratios, floor_ratios = _median(
+                [measured[connections] for measured in rounds]
+            )
+            print(
+                f"{connections:>11}  "
+                + "  ".join(
+                    f"{_rate(r):>8.0f} events/s {r['p99_ms']:>6.2f} ms"
+                    for r in (intake, bare, floor)
+                )
+                + f"  {_share(ratios):<18} {_share(floor_ratios)}"
+            )
+        print("full speed: each server at the number of connections that gave it its best rate")
+    (intake, bare, floor), ratios, floor_ratios = _median(
+        [_best(list(measured.values())) for measured in rounds]
+    )
     print(_line("intake generic CTI", intake))
     if "processed_after_s" in intake:
         print(
@@ -274,23 +329,31 @@ async def _main(args: argparse.Namespace) -> None:
             f"not done: {int(intake['not_done'])}"
         )
     print(_line("bare aiohttp 200", bare))
-    print(
-        f"intake / bare: {ratios[len(ratios) // 2]:.0%} (rounds: "
-        f"{', '.join(f'{r:.0%}' for r in ratios)})   "
-        "(targets: >= 1500 events/s, p99 < 50 ms, >= 50%)"
-    )
+    print(f"intake / bare: {_share(ratios)}   (targets: >= 1500 events/s, p99 < 50 ms, >= 50%)")
     print(_line("durable floor", floor))
     print(
-        f"durable floor / bare: {floor_ratios[len(floor_ratios) // 2]:.0%} (rounds: "
-        f"{', '.join(f'{r:.0%}' for r in floor_ratios)})   (reference, not intake: each raw "
+        f"durable floor / bare: {_share(floor_ratios)}   (reference, not intake: each raw "
         "body committed to SQLite before the 200, nothing else)"
     )
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    counts = tuple(int(part) for part in text.split(","))
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("connections: whole numbers of at least 1")
+    return counts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5000, help="call triples at most")
-    parser.add_argument("--concurrency", type=int, default=16, help="connections")
+    parser.add_argument(
+        "--concurrency",
+        type=_counts,
+        default=(16, 32, 64),
+        help="connections, or several (16,32,64): each server is measured at each, and its "
+        "full speed is its best rate among them",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound per run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three servers")
     parser.add_argument(
@@ -301,7 +364,8 @@ def main() -> None:
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        print(json.dumps(asyncio.run(_load(args.load, args.calls, args.concurrency, args.seconds))))
+        (connections,) = args.concurrency
+        print(json.dumps(asyncio.run(_load(args.load, args.calls, connections, args.seconds))))
         return
     asyncio.run(_main(args))
 
