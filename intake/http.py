@@ -31,7 +31,7 @@ from intake.sources.telephony.base import (
     WebhookError,
     WebhookRequest,
     equal,
-    refuse_nul,
+    fit_for_storage,
 )
 from intake.sources.telephony.registry import build_adapters
 from intake.sources.telephony.worker import CallEventWorker
@@ -122,14 +122,22 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping)) if app[PROCESS_EVENTS] else None
     yield
-    # Requests still being written are answered before their storage thread goes.
-    await app[WRITER].idle()
-    stopping.set()
-    if task is not None:
-        await task
-    if context.db.dialect == "sqlite":
-        # The one storage thread gives back the connection it kept.
-        await asyncio.get_running_loop().run_in_executor(executor, context.db.release_held)
+    try:
+        # Requests still being written are answered before their storage thread goes.
+        await app[WRITER].idle()
+        stopping.set()
+        if task is not None:
+            await task
+        if context.db.dialect == "sqlite":
+            # The one storage thread gives back the connection it kept.
+            await asyncio.get_running_loop().run_in_executor(executor, context.db.release_held)
+    except BaseException:
+        # Cut short (cancelled when the daemon's shutdown timeout ran out): the worker is
+        # stopped where it is, and the thread ends once its work in hand has.
+        if task is not None:
+            task.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
     executor.shutdown(wait=True)
 
 
@@ -175,8 +183,7 @@ def webhook_handler(
         )
         try:
             adapter.verify(received, time.time())
-            normalised = adapter.normalise(received)
-            refuse_nul(normalised)
+            normalised = fit_for_storage(adapter.normalise(received))
         except WebhookError as error:
             # The path is not logged: the generic CTI's carries its token.
             log.warning("%s: refused a request: %s", adapter.name, error.reason)
@@ -191,10 +198,14 @@ def webhook_handler(
             )
             try:
                 await request.app[WRITER].write(item)
-            except Exception:
+            except Exception as error:
                 # Not stored: the provider must deliver it again.
                 log.exception("%s:%s: cannot store the event", adapter.name, normalised.source_ref)
-                return _error(503, "storage unavailable; retry later")
+                if unavailable(error):
+                    return _error(503, "storage unavailable; retry later")
+                # Not the database's state but this request (what the checks above let
+                # through): retrying would not help it.
+                return _error(500, "the event could not be stored")
         reply = normalised.reply
         return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
 
@@ -227,7 +238,7 @@ async def log_call_handler(request: web.Request) -> web.Response:
     body = await request.read()
     try:
         entry = parse_call_log(json.loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):
         return web.json_response({"errors": {"body": "must be a JSON object"}}, status=422)
     except CallLogError as error:
         return web.json_response({"errors": error.errors}, status=422)
@@ -280,15 +291,23 @@ class HttpService:
     name = "http"
     description = "HTTP listener: telephony webhooks, operators' call log, health"
 
-    def __init__(self, context: HttpContext, host: str, port: int) -> None:
+    def __init__(
+        self, context: HttpContext, host: str, port: int, *, requests_grace: float = 5.0
+    ) -> None:
         self.context = context
         self.host = host
         self.port = port
+        # Seconds that requests in progress get to finish when the service stops, before
+        # they are cut off and the storage thread is wound down: less than the daemon's
+        # shutdown timeout, or the winding down would itself be cut short.
+        self.requests_grace = requests_grace
         self.started = asyncio.Event()
         self.bound_port: int | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
-        runner = web.AppRunner(create_app(self.context), access_log=None)
+        runner = web.AppRunner(
+            create_app(self.context), access_log=None, shutdown_timeout=self.requests_grace
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port)
@@ -308,4 +327,13 @@ def http_services(settings: Settings, db: Database, desk: Desk) -> list[Service]
     """The HTTP listener (with the worker acting on call events), when [http] is enabled."""
     if not settings.http.enabled:
         return []
-    return [HttpService(http_context(settings, db, desk), settings.http.host, settings.http.port)]
+    # Half of the daemon's time to stop for the requests in progress; the rest for the
+    # storage thread to finish their commit and the worker its batch.
+    return [
+        HttpService(
+            http_context(settings, db, desk),
+            settings.http.host,
+            settings.http.port,
+            requests_grace=settings.daemon.shutdown_timeout / 2,
+        )
+    ]

@@ -39,7 +39,12 @@ def _webhook_operation(
             },
             "401": _json(_ERROR, "Not signed or authorised by the provider"),
             "413": _TOO_LARGE,
-            "422": _json(_ERROR, "Not an event of this provider; the reason says why"),
+            "422": _json(
+                _ERROR,
+                "Not an event of this provider, or a value no field of the store can hold; "
+                "the reason says why",
+            ),
+            "500": _json(_ERROR, "The event could not be stored (a fault of ours, logged)"),
             "503": _json(_ERROR, "Storage unavailable; the provider should retry"),
         },
     }

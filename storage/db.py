@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -81,9 +82,11 @@ def create_db_engine(
 
 def unavailable(error: BaseException) -> bool:
     """Whether ``error`` is the database's own (locked past its timeout, its disk full or
-    failing, the server gone or refusing connections), as opposed to one that what was
-    being written may have caused (a constraint, a value the database refuses)."""
-    return isinstance(error, sqlite3.OperationalError | OperationalError | InterfaceError) or (
+    failing, the server gone or refusing connections, no connection free in the pool in
+    time), as opposed to one that what was being written may have caused (a constraint, a
+    value the database refuses)."""
+    unreachable = sqlite3.OperationalError | OperationalError | InterfaceError | PoolTimeout
+    return isinstance(error, unreachable) or (
         isinstance(error, DBAPIError) and error.connection_invalidated
     )
 

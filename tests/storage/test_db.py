@@ -7,8 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import QueuePool
 
 from storage import inbound
 from storage.db import Database, StorageError, create_db_engine, unavailable
@@ -170,3 +172,11 @@ def test_errors_of_the_database_itself_are_told_from_errors_of_what_was_written(
     with pytest.raises(DBAPIError) as gone, away.transaction() as session:
         session.execute(text("SELECT 1"))
     assert unavailable(gone.value)
+    # Every connection of the pool taken past its timeout: no item's fault either.
+    crowded = create_engine(
+        "sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=0.05
+    )
+    with crowded.connect(), pytest.raises(PoolTimeout) as waited:
+        crowded.connect()
+    crowded.dispose()
+    assert unavailable(waited.value)

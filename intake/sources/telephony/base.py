@@ -12,13 +12,15 @@ import email.policy
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
+from sqlalchemy import ColumnElement, String
 
 from intake.sources.telephony.model import CallEvent
+from storage.models import Call, InboundItem
 
 
 class WebhookError(Exception):
@@ -71,21 +73,87 @@ _EVENT_TEXT = tuple(
 )
 
 
-def refuse_nul(normalised: Normalised) -> None:
-    """Invalid (422) when what would be kept or acted on holds a NUL character.
+# What the worker writes of an event, and where (storage.models): an identity or a number
+# longer than its column is refused; a text only shown to people is cut to its column.
+def _length(column: ColumnElement[Any]) -> int | None:
+    kind = column.type
+    return kind.length if isinstance(kind, String) else None
 
-    PostgreSQL's text cannot hold one: stored, the event would fail in the worker on
-    every attempt and end quarantined; refused, the sender is told which field."""
-    for event in normalised.events:
-        for name in _EVENT_TEXT:
-            value = getattr(event, name)
-            if value is not None and "\x00" in value:
-                raise Invalid(f"{name} must not contain NUL characters")
-    if normalised.source_ref is not None and "\x00" in normalised.source_ref:
-        raise Invalid("the event's identity must not contain NUL characters")
+
+_CALLS = Call.__table__.c
+_TEXT_LIMITS = {
+    name: length
+    for name in _EVENT_TEXT
+    if name in _CALLS and (length := _length(_CALLS[name])) is not None
+}
+_SHOWN = frozenset({"agent", "cause"})
+_SOURCE_REF_LIMIT = _length(InboundItem.__table__.c.source_ref)
+# The ranges of the columns the numbers go to: calls.last_sequence and calls.duration.
+_NUMBER_RANGES = {"sequence": 2**63, "duration": 2**31}
+
+
+def fit_for_storage(normalised: Normalised) -> Normalised:
+    """What the request means, as the database can hold it; Invalid (422, naming the
+    field) for a value that no column would take: a text with a NUL (PostgreSQL's text
+    cannot hold one) or a lone surrogate (it is no UTF-8), an identity or phone number
+    longer than its column, a number out of its column's range. Texts only shown to
+    people (the agents a call rang, the provider's cause) are cut to their column instead;
+    the request is kept whole as received.
+
+    Stored as they came, such values would fail in the worker on every attempt and end
+    quarantined, or be kept on SQLite and refused on PostgreSQL; refused, the sender is
+    told which field."""
+    events = tuple(_fit(event) for event in normalised.events)
+    if normalised.source_ref is not None:
+        _check_text("the event's identity", normalised.source_ref, _SOURCE_REF_LIMIT)
     # Kept as the item's reason (an adapter may name the provider's event in it).
-    if normalised.ignored is not None and "\x00" in normalised.ignored:
-        raise Invalid("the event's kind must not contain NUL characters")
+    if normalised.ignored is not None:
+        _check_text("the event's kind", normalised.ignored)
+    if all(fit is event for fit, event in zip(events, normalised.events, strict=True)):
+        return normalised
+    return replace(normalised, events=events)
+
+
+def _fit(event: CallEvent) -> CallEvent:
+    cut = {}
+    for name in _EVENT_TEXT:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        limit = _TEXT_LIMITS.get(name)
+        if name in _SHOWN:
+            _check_text(name, value)
+            if limit is not None and len(value) > limit:
+                cut[name] = value[: limit - 1] + "…"
+        else:
+            _check_text(name, value, limit)
+    for name, bound in _NUMBER_RANGES.items():
+        number = getattr(event, name)
+        if number is not None and not -bound <= number < bound:
+            raise Invalid(f"{name} is out of range")
+    return replace(event, **cut) if cut else event
+
+
+def _check_text(name: str, value: str, limit: int | None = None) -> None:
+    if "\x00" in value:
+        raise Invalid(f"{name} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid(f"{name} is not valid text (it holds a lone surrogate)") from None
+    if limit is not None and len(value) > limit:
+        raise Invalid(f"{name} is longer than {limit} characters")
+
+
+def digits(text: str, most: int = 18) -> int | None:
+    """The value of a whole number written in ASCII digits, at most ``most`` of them (a
+    timestamp, a count, a duration); None for anything else, such as the digits other
+    than 0-9 that str.isdigit() takes ("²", "٣"), a sign, or a number too long for any
+    column (int() of thousands of digits is refused, and slow before that)."""
+    if 0 < len(text) <= most and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 _UNREAD: Any = object()
@@ -174,7 +242,7 @@ class WebhookRequest:
         if self._parsed is _UNREAD:
             try:
                 self._parsed = json.loads(self.body)
-            except (UnicodeDecodeError, ValueError):
+            except (ValueError, RecursionError):
                 raise Invalid("the body is not JSON") from None
         if isinstance(self._parsed, _Form):
             raise Invalid("the body is not JSON")
@@ -233,14 +301,20 @@ def _multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
         payload = part.get_payload(decode=True)
         if not isinstance(name, str) or not isinstance(payload, bytes):
             raise Invalid("a multipart part has no field name")
-        fields.append((name, payload.decode(part.get_content_charset() or "utf-8", "replace")))
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            fields.append((name, payload.decode(charset, "replace")))
+        except (LookupError, ValueError):
+            raise Invalid(f"a multipart part's charset is unknown: {charset[:40]!r}") from None
     return fields
 
 
 def equal(given: str | bytes, expected: str | bytes) -> bool:
     """Constant-time comparison, so that timing does not tell how much of a secret matched."""
-    a = given.encode() if isinstance(given, str) else given
-    b = expected.encode() if isinstance(expected, str) else expected
+    # A header of bytes that are not UTF-8 reaches here with surrogates: encoded as they
+    # are, it compares (unequal) rather than raising.
+    a = given.encode("utf-8", "surrogatepass") if isinstance(given, str) else given
+    b = expected.encode("utf-8", "surrogatepass") if isinstance(expected, str) else expected
     return hmac.compare_digest(a, b)
 
 

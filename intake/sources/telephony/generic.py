@@ -23,6 +23,7 @@ from intake.sources.telephony.base import (
     Route,
     Unauthorized,
     WebhookRequest,
+    digits,
     equal,
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind, e164
@@ -30,6 +31,7 @@ from storage.models import CallDirection, CallOutcome
 
 REPLAY_WINDOW = 300
 ACCEPTED = Reply.json({})
+REJECT = Reply.json({"action": "reject", "reason": "busy"})
 
 EVENTS = {"newCall": EventKind.RINGING, "answer": EventKind.ANSWERED, "hangup": EventKind.ENDED}
 DIRECTIONS = {"in": CallDirection.IN, "out": CallDirection.OUT}
@@ -79,9 +81,10 @@ class GenericCti:
             return
         timestamp = request.header("X-Telephony-Timestamp") or ""
         given = request.header("X-Telephony-Signature") or ""
-        if not timestamp.isdigit() or not given:
+        seconds = digits(timestamp, 12)
+        if seconds is None or not given:
             raise Unauthorized("X-Telephony-Timestamp and X-Telephony-Signature are required")
-        if abs(now - int(timestamp)) > REPLAY_WINDOW:
+        if abs(now - seconds) > REPLAY_WINDOW:
             raise Unauthorized("X-Telephony-Timestamp is outside the 300 s window")
         if not equal(given.rstrip("="), sign(self.secret, timestamp, request.body)):
             raise Unauthorized("X-Telephony-Signature does not match the body")
@@ -115,14 +118,14 @@ class GenericCti:
         )
         source_ref = f"{call_id}:{event}"
         # Parsing the number is the dearest step of a request: only when it can be refused.
-        if kind is EventKind.RINGING and direction is CallDirection.IN and self.blocked:
+        if direction is CallDirection.IN and self.blocked:
             caller = e164(call.caller, self.region) or call.caller
             if caller in self.blocked:
-                return Normalised(
-                    Reply.json({"action": "reject", "reason": "busy"}),
-                    source_ref,
-                    ignored=f"blocked number {caller}",
-                )
+                # The PBX is told to reject the call when it rings; what it posts of the
+                # call after that (its hangup, busy) is kept but changes nothing, so that
+                # a blocked caller registers no missed call either.
+                reply = REJECT if kind is EventKind.RINGING else ACCEPTED
+                return Normalised(reply, source_ref, ignored=f"blocked number {caller}")
         return Normalised(ACCEPTED, source_ref, (call,))
 
 
@@ -166,7 +169,13 @@ def _strings(key: str, value: Any) -> list[str]:
 
 
 def _text(key: str, value: str) -> str:
-    # PostgreSQL's text cannot hold NUL: refused now rather than failing in the worker.
+    # What no column can hold is refused now, by the PBX's own name for the field, rather
+    # than failing in the worker (fit_for_storage checks every adapter's events again).
     if "\x00" in value:
         raise Invalid(f"{key} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid(f"{key} is not valid text (it holds a lone surrogate)") from None
     return value.strip()

@@ -61,7 +61,7 @@ class Mango:
     def normalise(self, request: WebhookRequest) -> Normalised:
         try:
             data = json.loads(dict(request.form()).get("json", ""))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise Invalid("json is not JSON") from None
         if not isinstance(data, dict):
             raise Invalid("json must be an object")
@@ -83,7 +83,7 @@ class Mango:
 
     def _call(self, data: dict[str, Any], entry: str) -> Normalised:
         seq = data.get("seq")
-        if not isinstance(seq, int):
+        if not isinstance(seq, int) or isinstance(seq, bool):
             raise Invalid("json.seq must be a number")
         state = str(data.get("call_state"))
         ref = f"{entry}:call:{seq}"

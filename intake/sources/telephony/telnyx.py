@@ -19,6 +19,7 @@ from intake.sources.telephony.base import (
     Route,
     Unauthorized,
     WebhookRequest,
+    digits,
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
 from storage.models import CallDirection, CallOutcome
@@ -54,9 +55,10 @@ class Telnyx:
     def verify(self, request: WebhookRequest, now: float) -> None:
         timestamp = request.header("telnyx-timestamp") or ""
         given = request.header("telnyx-signature-ed25519") or ""
-        if not timestamp.isdigit() or not given:
+        seconds = digits(timestamp, 12)
+        if seconds is None or not given:
             raise Unauthorized("telnyx-timestamp and telnyx-signature-ed25519 are required")
-        if abs(now - int(timestamp)) > REPLAY_WINDOW:
+        if abs(now - seconds) > REPLAY_WINDOW:
             raise Unauthorized("telnyx-timestamp is outside the 300 s window")
         try:
             self.key.verify(timestamp.encode() + b"|" + request.body, base64.b64decode(given))

@@ -21,6 +21,7 @@ from intake.sources.telephony.base import (
     Route,
     Unauthorized,
     WebhookRequest,
+    digits,
     equal,
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
@@ -80,7 +81,8 @@ class Twilio:
         if status == "completed":
             outcome = CallOutcome.ANSWERED
         sequence_number = fields.get("SequenceNumber", "")
-        if sequence_number and not sequence_number.isdigit():
+        sequence = digits(sequence_number) if sequence_number else None
+        if sequence_number and sequence is None:
             raise Invalid("SequenceNumber must be a number")
         duration = fields.get("CallDuration", "")
         direction = fields.get("Direction", "inbound")
@@ -89,11 +91,11 @@ class Twilio:
             call_id=sid,
             kind=kind,
             # Twilio counts its callbacks from 0; without the count the status orders them.
-            sequence=int(sequence_number) + 1 if sequence_number else KIND_SEQUENCE[kind],
+            sequence=sequence + 1 if sequence is not None else KIND_SEQUENCE[kind],
             direction=CallDirection.IN if direction == "inbound" else CallDirection.OUT,
             from_number=fields.get("From", ""),
             to_number=fields.get("To", ""),
-            duration=int(duration) if duration.isdigit() else None,
+            duration=digits(duration, 9),
             outcome=outcome,
             cause=status,
             recording_url=fields.get("RecordingUrl") or None,

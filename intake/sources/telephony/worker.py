@@ -27,7 +27,12 @@ from concurrent.futures import Executor
 from sqlalchemy.orm import Session
 
 from intake.calls import CallRecorder, Meaning, Work, source_name
-from intake.sources.telephony.base import TelephonyAdapter, WebhookError, WebhookRequest
+from intake.sources.telephony.base import (
+    TelephonyAdapter,
+    WebhookError,
+    WebhookRequest,
+    fit_for_storage,
+)
 from storage import inbound
 
 log = logging.getLogger(__name__)
@@ -238,7 +243,7 @@ class CallEventWorker:
         adapter = self.adapters[source]
         request = WebhookRequest.from_raw(raw, route=_route(raw))
         try:
-            normalised = adapter.normalise(request)
+            normalised = fit_for_storage(adapter.normalise(request))
         except (WebhookError, ValueError) as error:
             return Meaning((), f"cannot be read: {error}")
         return Meaning(normalised.events, normalised.ignored)

@@ -20,6 +20,7 @@ from intake.sources.telephony.base import (
     Route,
     Unauthorized,
     WebhookRequest,
+    digits,
     equal,
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
@@ -113,7 +114,7 @@ class Zadarma:
             agent=fields.get("destination")
             if kind is EventKind.ANSWERED
             else fields.get("internal"),
-            duration=int(duration) if duration.isdigit() else None,
+            duration=digits(duration, 9),
             outcome=(DISPOSITIONS.get(disposition, CallOutcome.FAILED) if disposition else None),
             cause=disposition,
         )

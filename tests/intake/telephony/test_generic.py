@@ -243,6 +243,23 @@ async def test_new_call_from_a_blocked_number_is_rejected_as_busy(
     assert (item.state, item.reason) == (InboundState.IGNORED, "blocked number +74950000000")
 
 
+async def test_what_a_pbx_posts_of_a_rejected_call_afterwards_registers_nothing(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # The PBX rejects the call as told, then posts its hangup (busy): that is no missed call.
+    client = await make_client()
+    blocked = {"from": "84950000000"}
+
+    assert (await post(client, event("newCall", **blocked)))[1]["action"] == "reject"
+    assert await post(client, event("hangup", cause="busy", **blocked)) == (200, {})
+
+    assert tickets(db) == []
+    with db.transaction() as session:
+        items = session.execute(select(InboundItem.state, InboundItem.reason)).all()
+        assert session.scalar(select(func.count()).select_from(Call)) == 0
+    assert items == [(InboundState.IGNORED, "blocked number +74950000000")] * 2
+
+
 def signed_settings() -> Any:
     settings = settings_with()
     generic = settings.telephony.generic.model_copy(update={"signature_secret_env": "CTI_SECRET"})
@@ -596,3 +613,141 @@ async def test_with_the_database_locked_every_webhook_is_told_503_after_one_atte
     finally:
         blocker.close()
         db.dispose()
+
+
+async def _raw_post(client: TestClient[Any, Any], head: bytes, body: bytes) -> tuple[int, Any]:
+    """POST with header bytes exactly as given (a test client would encode them)."""
+    request = (
+        f"POST {URL} HTTP/1.1\r\nHost: pbx\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n"
+    ).encode() + head + b"\r\n" + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+MULTIPART = b"multipart/form-data; boundary=b"
+
+
+@pytest.mark.parametrize(
+    ("signed", "head", "body", "answer"),
+    [
+        (
+            False,
+            b"Content-Type: application/json\r\n",
+            b"[" * 50_000 + b"]" * 50_000,
+            (422, "the body is not JSON"),
+        ),
+        (
+            False,
+            b"Content-Type: " + MULTIPART + b"\r\n",
+            b'--b\r\nContent-Disposition: form-data; name="event"\r\n'
+            b"Content-Type: text/plain; charset=bogus\r\n\r\nnewCall\r\n--b--\r\n",
+            (422, "a multipart part's charset is unknown: 'bogus'"),
+        ),
+        (
+            True,
+            "X-Telephony-Timestamp: \u00b2\r\nX-Telephony-Signature: v1=x\r\n".encode(),
+            b"{}",
+            (401, "X-Telephony-Timestamp and X-Telephony-Signature are required"),
+        ),
+        (
+            True,
+            b"X-Telephony-Timestamp: " + b"9" * 5000 + b"\r\nX-Telephony-Signature: v1=x\r\n",
+            b"{}",
+            (401, "X-Telephony-Timestamp and X-Telephony-Signature are required"),
+        ),
+        (
+            True,
+            b"X-Telephony-Timestamp: %d\r\nX-Telephony-Signature: v1=\xff\r\n"
+            % int(time.time()),
+            b"{}",
+            (401, "X-Telephony-Signature does not match the body"),
+        ),
+    ],
+    ids=[
+        "JSON nested 50,000 deep",
+        "unknown multipart charset",
+        "timestamp of a digit that is not 0-9",
+        "timestamp of 5,000 digits",
+        "signature that is not UTF-8",
+    ],
+)
+async def test_hostile_requests_are_refused_with_the_reason_never_a_server_error(
+    db: Database,
+    make_client: ClientFactory,
+    signed: bool,
+    head: bytes,
+    body: bytes,
+    answer: tuple[int, str],
+) -> None:
+    client = await make_client(signed_settings() if signed else None)
+
+    status, reply = await _raw_post(client, head, body)
+
+    assert (status, reply) == (answer[0], {"error": answer[1]})
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(InboundItem)) == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"callId": "\ud800"}, "callId is not valid text (it holds a lone surrogate)"),
+        ({"from": "+7\udfff"}, "from is not valid text (it holds a lone surrogate)"),
+        ({"callId": "c" * 201}, "call_id is longer than 200 characters"),
+        ({"from": "9" * 65}, "from_number is longer than 64 characters"),
+    ],
+    ids=["lone surrogate in callId", "lone surrogate in from", "long callId", "long from"],
+)
+async def test_a_value_no_column_can_hold_is_422_naming_it_on_every_backend(
+    db: Database, make_client: ClientFactory, fields: dict[str, str], reason: str
+) -> None:
+    # Stored, such a value failed on PostgreSQL only (kept on SQLite), or in the worker on
+    # every attempt, or made the store fail and the PBX retry for ever on a 503.
+    client = await make_client()
+    body = json.dumps(event("hangup", cause="busy", **fields)).encode()
+
+    response = await client.post(URL, data=body, headers={"Content-Type": "application/json"})
+    await processed(client)
+
+    assert (response.status, await response.json()) == (422, {"error": reason})
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(InboundItem)) == 0
+
+
+async def test_a_list_of_agents_longer_than_its_column_is_cut_and_kept_whole_as_received(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    users = [f"agent-{n:03d}" for n in range(40)]
+
+    assert await post(client, event("newCall", user=users)) == (200, {})
+
+    agent = the_call(db).agent
+    assert agent is not None
+    assert (len(agent), agent[:20], agent[-1]) == (200, "agent-000, agent-001", "…")
+    with db.transaction() as session:
+        (item,) = session.scalars(select(InboundItem)).all()
+        raw = inbound.raw_of(session, [item.id])[item.id]
+    assert b"agent-039" in raw
+
+
+async def test_a_store_that_fails_for_its_request_is_500_not_503(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 503 tells the sender to retry: only when the database itself is away.
+    def refuse(recorder: CallRecorder, batch: Sequence[Any]) -> list[bool]:
+        raise ValueError("a value the database refuses")
+
+    monkeypatch.setattr(CallRecorder, "store", refuse)
+    client = await make_client()
+    response = await client.post(URL, json=event("newCall"))
+
+    assert (response.status, await response.json()) == (
+        500,
+        {"error": "the event could not be stored"},
+    )

@@ -19,6 +19,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from intake.daemon import supervise
 from intake.desk import Desk
 from intake.http import HttpService, http_context
 from storage.db import Database
@@ -107,3 +108,31 @@ def test_every_endpoint_answers_within_its_schema_and_never_with_a_5xx(live_api:
             )
 
         keeps_to_the_schema()
+
+
+async def test_a_request_stalled_at_shutdown_is_cut_off_in_time_for_the_storage_to_wind_down(
+    db: Database, telephony_env: None
+) -> None:
+    # A client that sends half its body and stalls: the daemon's shutdown timeout must not
+    # run out while aiohttp waits for it, or the worker and the storage thread are left.
+    service = HttpService(
+        http_context(settings_with(), db, Desk(RULES)), "127.0.0.1", 0, requests_grace=0.3
+    )
+    stopping = asyncio.Event()
+    running = asyncio.create_task(supervise([service], shutdown_timeout=2.0, stopping=stopping))
+    await service.started.wait()
+    _, writer = await asyncio.open_connection("127.0.0.1", service.bound_port)
+    writer.write(
+        f"POST /api/v1/cti/{CTI_TOKEN} HTTP/1.1\r\nHost: pbx\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+
+    stopping.set()
+    await running
+
+    writer.close()
+    left = [task.get_coro() for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    assert not [coro for coro in left if "CallEventWorker" in getattr(coro, "__qualname__", "")]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("http-db")]

@@ -120,6 +120,33 @@ async def test_a_signed_event_with_a_nul_in_a_field_is_refused_naming_it_and_not
         assert session.scalars(select(InboundItem)).all() == []
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"SequenceNumber": "\u00b2"}, "SequenceNumber must be a number"),
+        ({"SequenceNumber": "9" * 5000}, "SequenceNumber must be a number"),
+        ({"SequenceNumber": "9" * 19}, "SequenceNumber must be a number"),
+    ],
+    ids=["a digit that is not 0-9", "5,000 digits", "past the column's range"],
+)
+async def test_a_signed_twilio_callback_with_an_odd_number_is_422_not_a_server_error(
+    db: Database, make_client: ClientFactory, fields: dict[str, str], reason: str
+) -> None:
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    params = {**twilio_params("ringing", 0), **fields, "CallDuration": "\u00b3"}
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
+
+    headers = {"X-Twilio-Signature": signature}
+    response = await client.post(TWILIO_PATH, data=params, headers=headers)
+
+    assert (response.status, await response.json()) == (422, {"error": reason})
+    with db.transaction() as session:
+        assert session.scalars(select(InboundItem)).all() == []
+
+
 # --- Telnyx -----------------------------------------------------------------------------------
 
 TELNYX_PATH = "/api/v1/telephony/telnyx"
@@ -346,3 +373,29 @@ async def test_mango_recording_of_a_ticketed_call_is_journaled_on_its_ticket_onc
 def ticket_ids(db: Database) -> list[int]:
     with db.transaction() as session:
         return list(session.scalars(select(Ticket.id)))
+
+
+@pytest.mark.parametrize(
+    ("seq", "reason"),
+    [(True, "json.seq must be a number"), (2**70, "sequence is out of range")],
+    ids=["a boolean", "past the column's range"],
+)
+async def test_a_signed_mango_event_with_a_seq_no_column_holds_is_422(
+    db: Database, make_client: ClientFactory, seq: Any, reason: str
+) -> None:
+    client = await make_client(
+        settings_with(
+            {"mango": {"enabled": True, "api_key_env": "MANGO_KEY", "api_salt_env": "MANGO_SALT"}}
+        )
+    )
+    payload = {"entry_id": "ZW50cnk=", "seq": seq, "call_state": "Appeared"}
+
+    response = await client.post(
+        f"{MANGO_PATH}/call",
+        data=mango_form(payload),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert (response.status, await response.json()) == (422, {"error": reason})
+    with db.transaction() as session:
+        assert session.scalars(select(InboundItem)).all() == []

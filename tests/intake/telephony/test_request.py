@@ -62,8 +62,10 @@ def test_a_nul_in_what_is_kept_as_the_reason_is_refused() -> None:
     # Telnyx's adapter keeps an event type it has no use for as the item's reason.
     kept = base.Normalised(base.Reply.json({}), "event-1", ignored="event call.\x00bridged")
     with pytest.raises(Invalid, match="kind must not contain NUL"):
-        base.refuse_nul(kept)
-    base.refuse_nul(base.Normalised(base.Reply.json({}), "event-1", ignored="event call.bridged"))
+        base.fit_for_storage(kept)
+    base.fit_for_storage(
+        base.Normalised(base.Reply.json({}), "event-1", ignored="event call.bridged")
+    )
 
 
 def test_a_repeated_query_field_reads_back_as_received() -> None:
