@@ -7,6 +7,7 @@ what identifies this delivery, and what to answer. Storage and the desk are not 
 
 from __future__ import annotations
 
+import datetime as dt
 import email.parser
 import email.policy
 import hmac
@@ -71,6 +72,9 @@ class Normalised:
 _EVENT_TEXT = tuple(
     name for name, kind in CallEvent.__annotations__.items() if kind in ("str", "str | None")
 )
+_EVENT_TIMES = tuple(
+    name for name, kind in CallEvent.__annotations__.items() if kind == "dt.datetime | None"
+)
 
 
 # What the worker writes of an event, and where (storage.models): an identity or a number
@@ -96,7 +100,8 @@ def fit_for_storage(normalised: Normalised) -> Normalised:
     """What the request means, as the database can hold it; Invalid (422, naming the
     field) for a value that no column would take: a text with a NUL (PostgreSQL's text
     cannot hold one) or a lone surrogate (it is no UTF-8), an identity or phone number
-    longer than its column, a number out of its column's range. Texts only shown to
+    longer than its column, a number out of its column's range, a time that has no UTC
+    equivalent (a year 9999 date behind UTC). Texts only shown to
     people (the agents a call rang, the provider's cause) are cut to their column instead;
     the request is kept whole as received.
 
@@ -131,6 +136,14 @@ def _fit(event: CallEvent) -> CallEvent:
         number = getattr(event, name)
         if number is not None and not -bound <= number < bound:
             raise Invalid(f"{name} is out of range")
+    for name in _EVENT_TIMES:
+        moment = getattr(event, name)
+        if moment is not None:
+            # Kept in UTC: 9999-12-31T23:59-01:00 has no such time.
+            try:
+                moment.astimezone(dt.UTC)
+            except OverflowError:
+                raise Invalid(f"{name} is out of range") from None
     return replace(event, **cut) if cut else event
 
 
