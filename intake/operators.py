@@ -24,17 +24,18 @@ from sqlalchemy.orm import Session
 from intake.calls import unassigned_customer
 from intake.desk import Desk, DeskError, Environment, FollowUp, NewRequest, NotFoundError
 from intake.directory import normalize_email, normalize_phone
-from storage.models import Call, Channel, Contact, Kind, Ticket
+from storage.models import Call, Channel, Contact, Kind, Ticket, text_fault
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL's text cannot hold NUL; a 422 now beats a failed transaction later.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _storable(value: str) -> str:
+    # A 422 now beats a failed transaction later.
+    fault = text_fault(value)
+    if fault is not None:
+        raise ValueError(fault)
     return value
 
 
-Text = AfterValidator(_no_nul)
+Text = AfterValidator(_storable)
 Line = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), Text]
 Version = Annotated[str, StringConstraints(strip_whitespace=True, max_length=64), Text]
 

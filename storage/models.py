@@ -74,6 +74,21 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def text_fault(value: str) -> str | None:
+    """Why the store cannot keep ``value`` as text, or None if it can: PostgreSQL's text
+    holds no NUL, and neither backend takes a lone surrogate (no UTF-8 encodes one; JSON's
+    "\\ud800" escape gives one). Checked where such input comes in, for a clear 422 rather
+    than a failed transaction later."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid text (it holds a lone surrogate)"
+    return None
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 

@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 from sqlalchemy import ColumnElement, String
 
 from intake.sources.telephony.model import CallEvent
-from storage.models import Call, InboundItem
+from storage.models import Call, InboundItem, text_fault
 
 
 class WebhookError(Exception):
@@ -148,13 +148,9 @@ def _fit(event: CallEvent) -> CallEvent:
 
 
 def _check_text(name: str, value: str, limit: int | None = None) -> None:
-    if "\x00" in value:
-        raise Invalid(f"{name} must not contain NUL characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Invalid(f"{name} is not valid text (it holds a lone surrogate)") from None
+    fault = text_fault(value)
+    if fault is not None:
+        raise Invalid(f"{name} {fault}")
     if limit is not None and len(value) > limit:
         raise Invalid(f"{name} is longer than {limit} characters")
 

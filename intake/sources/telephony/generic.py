@@ -27,7 +27,7 @@ from intake.sources.telephony.base import (
     equal,
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind, e164
-from storage.models import CallDirection, CallOutcome
+from storage.models import CallDirection, CallOutcome, text_fault
 
 REPLAY_WINDOW = 300
 ACCEPTED = Reply.json({})
@@ -171,11 +171,7 @@ def _strings(key: str, value: Any) -> list[str]:
 def _text(key: str, value: str) -> str:
     # What no column can hold is refused now, by the PBX's own name for the field, rather
     # than failing in the worker (fit_for_storage checks every adapter's events again).
-    if "\x00" in value:
-        raise Invalid(f"{key} must not contain NUL characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Invalid(f"{key} is not valid text (it holds a lone surrogate)") from None
+    fault = text_fault(value)
+    if fault is not None:
+        raise Invalid(f"{key} {fault}")
     return value.strip()

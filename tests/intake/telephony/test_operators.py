@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import select
@@ -133,3 +134,36 @@ async def test_log_without_a_valid_token_is_401(make_client: ClientFactory) -> N
 
     assert (wrong.status, missing.status) == (401, 401)
     assert wrong.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_log_with_text_no_column_holds_or_hostile_bytes_is_refused_not_a_server_error(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    body = b'{"email": "anna@acme.example", "subject": "Crash \\ud800", "description": "x\\u0000"}'
+
+    response = await client.post(
+        "/api/v1/calls", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    deep = await client.post("/api/v1/calls", data=b"[" * 50_000, headers=AUTH)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST /api/v1/calls HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    not_utf8 = await reader.read()
+    writer.close()
+
+    assert response.status == 422
+    assert await response.json() == {
+        "errors": {
+            # Pydantic's own refusal of a lone surrogate.
+            "subject": "Input should be a valid string, unable to parse raw data as a "
+            "unicode string",
+            "description": "Value error, must not contain NUL characters",
+        }
+    }
+    assert (deep.status, await deep.json()) == (422, {"errors": {"body": "must be a JSON object"}})
+    assert not_utf8.startswith(b"HTTP/1.1 401 ")
+    with db.transaction() as session:
+        assert session.scalars(select(Ticket)).all() == []
