@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from intake.operators import CallLog
-from intake.sources.telephony.base import TelephonyAdapter
+from intake.sources.telephony.base import Route, TelephonyAdapter
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TOO_LARGE = {
@@ -20,45 +20,60 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _webhook_operation(
-    adapter: TelephonyAdapter, summary: str, path: str, consumes: Sequence[str]
-) -> dict[str, Any]:
+def _webhook_operation(adapter: TelephonyAdapter, route: Route) -> dict[str, Any]:
+    path = route.path
     form = {"type": "object", "additionalProperties": {"type": "string"}}
+    answered = {
+        "description": "Stored (or a probe answered); the provider's expected answer",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+    refused = _json(
+        _ERROR,
+        "Not an event of this provider, or a value no field of the store can hold; "
+        "the reason says why",
+    )
     operation: dict[str, Any] = {
-        "summary": summary,
+        "summary": route.summary,
         "tags": ["telephony"],
         "operationId": f"{adapter.name}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
         "description": adapter.description,
-        "responses": {
-            "200": {
-                "description": "Stored (or a probe answered); the provider's expected answer",
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "text/plain": {"schema": {"type": "string"}},
-                },
-            },
+        # A probe (a URL check) keeps nothing and checks no signature.
+        "responses": {"200": answered, "422": refused},
+    }
+    if route.consumes:
+        operation["responses"] |= {
             "401": _json(_ERROR, "Not signed or authorised by the provider"),
             "413": _TOO_LARGE,
-            "422": _json(
-                _ERROR,
-                "Not an event of this provider, or a value no field of the store can hold; "
-                "the reason says why",
-            ),
             "500": _json(_ERROR, "The event could not be stored (a fault of ours, logged)"),
             "503": _json(_ERROR, "Storage unavailable; the provider should retry"),
-        },
-    }
-    if consumes:
+        }
         operation["requestBody"] = {
             "required": True,
             "content": {
                 media: {"schema": {"type": "object"} if media == "application/json" else form}
-                for media in consumes
+                for media in route.consumes
             },
         }
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in re.findall(r"{(\w+)}", path)
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": True, "schema": {"type": "string"}}
+        for name in route.query
+    ]
+    parameters += [
+        {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": "The provider's signature",
+            "schema": {"type": "string"},
+        }
+        for name in route.headers
     ]
     if parameters:
         operation["parameters"] = parameters
@@ -136,7 +151,7 @@ def openapi_document(adapters: Sequence[TelephonyAdapter]) -> dict[str, Any]:
     for adapter in adapters:
         for route in adapter.routes:
             paths.setdefault(route.path, {})[route.method.lower()] = _webhook_operation(
-                adapter, route.summary, route.path, route.consumes
+                adapter, route
             )
     return {
         "openapi": "3.1.0",

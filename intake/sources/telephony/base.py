@@ -332,8 +332,12 @@ class Route:
     method: str
     path: str
     summary: str
-    # Request media types, for the OpenAPI document.
-    consumes: tuple[str, ...] = ("application/x-www-form-urlencoded",)
+    # For the OpenAPI document: the request media types (a form is read from either, see
+    # WebhookRequest.form), the query parameters it must have, and the headers that carry
+    # the provider's signature.
+    consumes: tuple[str, ...] = ("application/x-www-form-urlencoded", "multipart/form-data")
+    query: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ class GenericCti:
                 "POST",
                 "/api/v1/cti/{token}",
                 "Call event from a PBX (Zammad Generic CTI)",
-                ("application/x-www-form-urlencoded", "application/json"),
+                ("application/x-www-form-urlencoded", "multipart/form-data", "application/json"),
+                headers=("X-Telephony-Timestamp", "X-Telephony-Signature") if self.secret else (),
             ),
         )
 

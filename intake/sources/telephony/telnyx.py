@@ -44,7 +44,13 @@ class Telnyx:
     name = "telnyx"
     description = "Telnyx Call Control webhooks"
     routes = (
-        Route("POST", "/api/v1/telephony/telnyx", "Telnyx call event", ("application/json",)),
+        Route(
+            "POST",
+            "/api/v1/telephony/telnyx",
+            "Telnyx call event",
+            ("application/json",),
+            headers=("telnyx-signature-ed25519", "telnyx-timestamp"),
+        ),
     )
 
     def __init__(self, settings: TelnyxSettings, context: AdapterContext) -> None:

@@ -1,8 +1,8 @@
 """Twilio voice status callbacks (form POSTs), signed with ``X-Twilio-Signature``.
 
 The signature is base64(HMAC-SHA1(auth token, URL + every POST parameter sorted by name,
-name and value concatenated)); the URL is the one Twilio was given, so a deployment
-behind a proxy configures its public base URL.
+name and value concatenated)); the URL is the one Twilio was given (with or without its
+port: Twilio signs either), so a deployment behind a proxy configures its public base URL.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from intake.config import TwilioSettings
 from intake.sources.telephony.base import (
@@ -46,10 +46,37 @@ def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> str:
     return base64.b64encode(digest).decode()
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def _as_signed(url: str) -> tuple[str, ...]:
+    """The URL as Twilio may have signed it: with its port and without. Twilio's signing
+    is not consistent about the port (an https URL is signed now without a port, now with
+    :443), and its own validator accepts either; so does this."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return (url,)
+    host = parts.netloc[: parts.netloc.rfind(":")] if port is not None else parts.netloc
+    port = port or _DEFAULT_PORTS.get(parts.scheme)
+    forms = [url, urlunsplit(parts._replace(netloc=host))]
+    if port is not None:
+        forms.append(urlunsplit(parts._replace(netloc=f"{host}:{port}")))
+    return tuple(dict.fromkeys(forms))
+
+
 class Twilio:
     name = "twilio"
     description = "Twilio voice status callbacks"
-    routes = (Route("POST", "/api/v1/telephony/twilio/status", "Twilio call status callback"),)
+    routes = (
+        Route(
+            "POST",
+            "/api/v1/telephony/twilio/status",
+            "Twilio call status callback",
+            headers=("X-Twilio-Signature",),
+        ),
+    )
 
     def __init__(self, settings: TwilioSettings, context: AdapterContext) -> None:
         if settings.auth_token is None:
@@ -65,8 +92,13 @@ class Twilio:
 
     def verify(self, request: WebhookRequest, now: float) -> None:
         given = request.header("X-Twilio-Signature") or ""
-        expected = signature(self.auth_token, self._public_url(request.url), request.form())
-        if not given or not equal(given, expected):
+        params = request.form()
+        # Every form of the URL is compared, so that timing tells nothing of which matched.
+        matched = [
+            equal(given, signature(self.auth_token, url, params))
+            for url in _as_signed(self._public_url(request.url))
+        ]
+        if not given or not any(matched):
             raise Unauthorized("X-Twilio-Signature does not match")
 
     def normalise(self, request: WebhookRequest) -> Normalised:

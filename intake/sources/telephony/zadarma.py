@@ -58,9 +58,11 @@ class Zadarma:
             "POST",
             "/api/v1/telephony/zadarma",
             "Zadarma call notification",
-            ("application/x-www-form-urlencoded", "multipart/form-data"),
+            headers=("Signature",),
         ),
-        Route("GET", "/api/v1/telephony/zadarma", "Zadarma URL check (zd_echo)", ()),
+        Route(
+            "GET", "/api/v1/telephony/zadarma", "Zadarma URL check (zd_echo)", (), ("zd_echo",)
+        ),
     )
 
     def __init__(self, settings: ZadarmaSettings, context: AdapterContext) -> None:

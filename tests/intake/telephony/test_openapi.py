@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from intake.daemon import supervise
 from intake.desk import Desk
 from intake.http import HttpService, http_context
+from intake.openapi import openapi_document
 from storage.db import Database
 from tests.intake.conftest import RULES
 from tests.intake.telephony.conftest import CTI_TOKEN, OPERATOR_TOKEN, settings_with
@@ -136,3 +137,31 @@ async def test_a_request_stalled_at_shutdown_is_cut_off_in_time_for_the_storage_
     left = [task.get_coro() for task in asyncio.all_tasks() if task is not asyncio.current_task()]
     assert not [coro for coro in left if "CallEventWorker" in getattr(coro, "__qualname__", "")]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("http-db")]
+
+
+def test_the_document_names_what_each_request_must_carry(
+    db: Database, telephony_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("TWILIO_TOKEN", "ZADARMA_SECRET"):
+        monkeypatch.setenv(name, name.lower())
+    config = settings_with(
+        {
+            "twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN"},
+            "zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"},
+        }
+    )
+    paths = openapi_document(http_context(config, db, Desk(RULES)).adapters)["paths"]
+
+    def carried(path: str, method: str) -> set[tuple[str, str]]:
+        return {(p["in"], p["name"]) for p in paths[path][method].get("parameters", [])}
+
+    assert carried("/api/v1/telephony/zadarma", "get") == {("query", "zd_echo")}
+    # A URL check keeps nothing and checks no signature.
+    assert set(paths["/api/v1/telephony/zadarma"]["get"]["responses"]) == {"200", "422"}
+    assert carried("/api/v1/telephony/zadarma", "post") == {("header", "Signature")}
+    assert carried("/api/v1/telephony/twilio/status", "post") == {
+        ("header", "X-Twilio-Signature")
+    }
+    # The generic CTI's signature is on only with a secret (none here).
+    assert carried("/api/v1/cti/{token}", "post") == {("path", "token")}
+    assert "multipart/form-data" in paths["/api/v1/cti/{token}"]["post"]["requestBody"]["content"]

@@ -96,6 +96,44 @@ async def test_twilio_callback_signed_by_twilio_s_validator_is_accepted_behind_a
     assert subjects(db) == ["Missed call from +79161234567"]
 
 
+@pytest.mark.parametrize(
+    ("configured", "signed"),
+    [
+        ("https://intake.example.com", "https://intake.example.com:443"),
+        ("https://intake.example.com:443", "https://intake.example.com"),
+        ("https://intake.example.com:8443", "https://intake.example.com"),
+    ],
+    ids=["signed with :443", "signed without :443", "signed without its port"],
+)
+async def test_twilio_signing_with_or_without_the_port_is_accepted_as_its_validator_does(
+    make_client: ClientFactory, configured: str, signed: str
+) -> None:
+    # Twilio's signing is not consistent about the port; its own validator tries both.
+    settings = settings_with(
+        {
+            "twilio": {
+                "enabled": True,
+                "auth_token_env": "TWILIO_TOKEN",
+                "public_base_url": configured,
+            }
+        }
+    )
+    client = await make_client(settings)
+    validator = RequestValidator(TWILIO_TOKEN)
+    params = twilio_params("ringing", 0)
+    given = validator.compute_signature(signed + TWILIO_PATH, params)
+    assert validator.validate(configured + TWILIO_PATH, params, given)
+
+    accepted = await client.post(TWILIO_PATH, data=params, headers={"X-Twilio-Signature": given})
+    forged = await client.post(
+        TWILIO_PATH,
+        data=params,
+        headers={"X-Twilio-Signature": validator.compute_signature("https://evil.example", params)},
+    )
+
+    assert (accepted.status, forged.status) == (200, 401)
+
+
 async def test_a_signed_event_with_a_nul_in_a_field_is_refused_naming_it_and_not_kept(
     db: Database, make_client: ClientFactory
 ) -> None:
