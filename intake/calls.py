@@ -236,10 +236,8 @@ def _end(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | N
         return None
     if record.outcome is not CallOutcome.ANSWERED:
         return FollowUp.MISSED
-    if record.contact_id is None:
-        # No caller to look an open ticket up by: the operator's log will say what it was.
-        log.info("%s: answered; waits for the operator's log", record.label)
-        return None
+    # Journaled on the caller's open ticket, if the caller has one by now (a contact added
+    # since the call began, by another call's missed-call ticket or an operator).
     return FollowUp.ANSWERED
 
 
@@ -616,7 +614,8 @@ class _DeskWork:
         )
 
     def _answered(self, record: CallRecord) -> int | None:
-        ticket = self.open_ticket(record.contact_id)
+        contact = self.contact(record, add=False)
+        ticket = self.open_ticket(contact.id if contact else None)
         if ticket is None:
             log.info("%s: answered; waits for the operator's log", record.label)
             return None
@@ -670,8 +669,9 @@ class _DeskWork:
             self.unassigned_id = unassigned_customer(self.session, self.desk, name).id
         return self.unassigned_id
 
-    def contact(self, record: CallRecord) -> _Caller | None:
-        """The caller's contact, added to the unassigned customer when the number is new."""
+    def contact(self, record: CallRecord, *, add: bool = True) -> _Caller | None:
+        """The caller's contact, added to the unassigned customer when the number is new
+        (unless not ``add``); the call is linked to it."""
         if record.contact_id is not None:
             known = self.by_id.get(record.contact_id)
             if known is None:
@@ -690,6 +690,8 @@ class _DeskWork:
                 found = self.connection.execute(_CONTACTS_BY_PHONE, {"phones": [phone]}).first()
             if found is not None:
                 known = self._keep(*found)
+            elif not add:
+                return None
             else:
                 customer_id = self.unassigned()
                 contact_id = self.connection.execute(

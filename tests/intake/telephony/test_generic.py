@@ -751,3 +751,39 @@ async def test_a_store_that_fails_for_its_request_is_500_not_503(
         500,
         {"error": "the event could not be stored"},
     )
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one at a time", "in one batch"])
+async def test_an_answered_call_of_a_caller_known_since_it_began_is_journaled_however_batched(
+    db: Database, make_client: ClientFactory, together: bool
+) -> None:
+    # A new number's missed call adds its contact and ticket; the same caller's next call,
+    # begun before that, is answered: journaled on that ticket, whether the worker took
+    # the events one at a time or all in one batch.
+    client = await make_client()
+    steps = [
+        event("newCall", call_id="A"),
+        event("newCall", call_id="B"),
+        event("hangup", call_id="A", cause="noAnswer"),
+        event("answer", call_id="B", user="anna"),
+        event("hangup", call_id="B", cause="normalClearing"),
+    ]
+    for body in steps:
+        assert (await client.post(URL, json=body)).status == 200
+        if not together:
+            await processed(client)
+    await processed(client)
+
+    (ticket,) = tickets(db)
+    answered = the_call(db, "B")
+    assert (answered.contact_id, answered.ticket_id) == (ticket.contact_id, ticket.id)
+    with db.transaction() as session:
+        actions = session.scalars(
+            select(JournalEntry.action)
+            .where(JournalEntry.ticket_id == ticket.id)
+            .order_by(JournalEntry.id)
+        ).all()
+    assert [a for a in actions if a.startswith(("missed", "call"))] == [
+        "missed_call",
+        "call_answered",
+    ]
