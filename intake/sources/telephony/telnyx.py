@@ -30,13 +30,19 @@ EVENTS = {
     "call.answered": EventKind.ANSWERED,
     "call.hangup": EventKind.ENDED,
 }
+# Telnyx's documented hangup causes. None: the cause says nothing of whether anyone
+# answered (a call that reached its time limit was, as a rule), and the call's own history
+# decides; any other cause is a failure.
 CAUSES = {
     "normal_clearing": None,
+    "time_limit": None,
+    "unspecified": None,
     "user_busy": CallOutcome.BUSY,
     "call_rejected": CallOutcome.BUSY,
     "originator_cancel": CallOutcome.CANCELLED,
     "timeout": CallOutcome.MISSED,
-    "time_limit": CallOutcome.MISSED,
+    "no_answer": CallOutcome.MISSED,
+    "not_found": CallOutcome.FAILED,
 }
 
 

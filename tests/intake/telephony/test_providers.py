@@ -12,10 +12,14 @@ from urllib.parse import urlencode
 
 import pytest
 from aiohttp import FormData
+from multidict import CIMultiDict
 from nacl.signing import SigningKey
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
+from intake.config import TelnyxSettings
+from intake.sources.telephony.base import AdapterContext, WebhookRequest
+from intake.sources.telephony.telnyx import Telnyx
 from storage.db import Database
 from storage.models import Call, CallOutcome, CallState, InboundItem, JournalEntry, Ticket
 from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
@@ -461,3 +465,34 @@ async def test_a_signed_mango_event_with_a_seq_no_column_holds_is_422(
     assert (response.status, await response.json()) == (422, {"error": reason})
     with db.transaction() as session:
         assert session.scalars(select(InboundItem)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("cause", "outcome"),
+    [
+        ("normal_clearing", None),
+        ("time_limit", None),
+        ("unspecified", None),
+        ("user_busy", CallOutcome.BUSY),
+        ("call_rejected", CallOutcome.BUSY),
+        ("originator_cancel", CallOutcome.CANCELLED),
+        ("timeout", CallOutcome.MISSED),
+        ("no_answer", CallOutcome.MISSED),
+        ("not_found", CallOutcome.FAILED),
+        ("something_new", CallOutcome.FAILED),
+    ],
+)
+def test_telnyx_hangup_causes_as_telnyx_documents_them(
+    cause: str, outcome: CallOutcome | None
+) -> None:
+    # None: the cause does not say whether anyone answered; the call's history decides
+    # (a call that reached its time limit was answered, as a rule).
+    public = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+    adapter = Telnyx(TelnyxSettings(enabled=True, public_key=public), AdapterContext("RU"))
+    body = telnyx_event("call.hangup", "e-1", hangup_cause=cause)
+    headers = CIMultiDict({"Content-Type": "application/json"})
+    request = WebhookRequest("POST", TELNYX_PATH, TELNYX_PATH, {}, headers, body)
+
+    (event,) = adapter.normalise(request).events
+
+    assert (event.outcome, event.cause) == (outcome, cause)
