@@ -1,4 +1,5 @@
-"""Leader election with PostgreSQL session-level advisory locks.
+"""Leader election with PostgreSQL session-level advisory locks, and turns taken within a
+transaction (:func:`take_turn`).
 
 One daemon at a time does a job that must not run twice in parallel (polling one IMAP
 mailbox). The lock lives as long as the database session that took it, so a daemon that
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session
 
 from storage.db import Database
 
@@ -18,6 +20,14 @@ from storage.db import Database
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for a lock name (PostgreSQL's advisory keys are bigints)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def take_turn(session: Session, name: str) -> None:
+    """Wait until no other transaction holds the turn ``name``, and hold it until this one
+    ends (PostgreSQL's transaction-level advisory lock); on SQLite, whose one writer
+    already takes turns, nothing."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
 
 
 class LeaderLock:

@@ -34,6 +34,7 @@ from intake.sources.telephony.base import (
     fit_for_storage,
 )
 from storage import inbound
+from storage.locks import take_turn
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ ARRIVING = 0.25
 # press on longer than this (more than it can keep up with besides) share the storage
 # thread with it from then on, so that what they store is still acted on within a bound.
 MAX_LAG = 10.0
+# Daemons sharing PostgreSQL take turns at claiming and applying call events: claims skip
+# what another daemon has locked, so without turns one daemon could apply a call's hangup
+# while another still held its answer, and the answer would then come too late (a missed
+# call registered for an answered one). Acting on events costs little; turns cost less.
+TURN = "telephony: call events"
 # After a partial batch, how long events are let gather before the next one: under load a
 # batch per webhook commit would spend the time on per-batch work (claim, locks, commit)
 # that the webhooks' own commits need.
@@ -202,6 +208,7 @@ class CallEventWorker:
 
     def _process(self, limit: int) -> tuple[int, bool]:
         with self.recorder.db.transaction() as session:
+            take_turn(session, TURN)
             items = inbound.claim(session, limit=limit, sources=self.sources)
             self._act(session, items)
             return len(items), items.more
@@ -210,11 +217,13 @@ class CallEventWorker:
         """The first due item on its own; how many (0 or 1). Its claim is committed first,
         so that the attempt counts even when its work fails: then it is marked failed."""
         with self.recorder.db.transaction() as session:
+            take_turn(session, TURN)
             items = inbound.claim(session, limit=1, sources=self.sources)
         if not items:
             return 0
         try:
             with self.recorder.db.transaction() as session:
+                take_turn(session, TURN)
                 self._act(session, items)
         except Exception as exc:
             (item,) = items

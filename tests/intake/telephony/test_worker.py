@@ -24,11 +24,20 @@ from intake.sources.telephony.worker import (
     BATCH_SECONDS,
     FEWEST,
     MAX_LAG,
+    TURN,
     CallEventWorker,
 )
 from storage import inbound
 from storage.db import Database
-from storage.models import Contact, InboundItem, InboundState, JournalEntry, utcnow
+from storage.locks import take_turn
+from storage.models import (
+    CallOutcome,
+    Contact,
+    InboundItem,
+    InboundState,
+    JournalEntry,
+    utcnow,
+)
 from tests.intake.conftest import RULES, Seed, register
 from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
 from tests.intake.telephony.test_generic import CALLER_E164, URL, event, the_call, tickets
@@ -471,3 +480,46 @@ async def test_with_the_database_away_the_worker_waits_a_poll_interval_before_tr
         app[WORKER].notify()
         await asyncio.sleep(0.05)
     assert tries == [BACKLOG_BATCH]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_two_daemons_take_turns_so_a_call_s_events_apply_in_order(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # Daemon A has claimed the call's answer; daemon B, whose claim skips what A locked,
+    # would take the hangup after it and apply it first (the answer then too late: a
+    # missed call for an answered one). B waits for A's turn to end instead.
+    client = await make_client()
+    worker = client.app[WORKER]
+    await client.post(URL, json=event("newCall"))
+    await processed(client)
+    for body in (
+        event("answer", user="anna"),
+        event("newCall", call_id="c-2", **{"from": "+79167654321"}),
+        event("hangup", cause="normalClearing"),
+    ):
+        assert (await client.post(URL, json=body)).status == 200
+    claimed = threading.Event()
+
+    def daemon_a() -> None:
+        with db.transaction() as session:
+            take_turn(session, TURN)
+            items = inbound.claim(session, limit=1, sources=worker.sources)
+            assert [item.source_ref for item in items] == ["c-1:answer"]
+            claimed.set()
+            time.sleep(0.5)
+            worker._act(session, items)
+
+    def daemon_b() -> None:
+        assert claimed.wait(5)
+        worker.process_due()
+
+    await asyncio.gather(asyncio.to_thread(daemon_a), asyncio.to_thread(daemon_b))
+
+    call = the_call(db)
+    assert (call.outcome, call.answered_at is not None, call.agent) == (
+        CallOutcome.ANSWERED,
+        True,
+        "anna",
+    )
+    assert tickets(db) == []
