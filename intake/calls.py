@@ -90,7 +90,7 @@ class CallRecord:
     id: int
     provider: str
     call_id: str
-    direction: CallDirection
+    direction: CallDirection | None
     from_number: str
     to_number: str
     agent: str | None
@@ -118,7 +118,7 @@ RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
 CHANGING = tuple(
     name
     for name in RECORD_FIELDS
-    if name not in ("id", "provider", "call_id", "direction", "from_number", "to_number")
+    if name not in ("id", "provider", "call_id", "from_number", "to_number")
 )
 # Built once: building a statement costs more than running it.
 _LOCK_CALLS = (
@@ -198,6 +198,13 @@ def advance(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp 
         record.recording_url = event.recording_url
         record.updated_at = now
         return FollowUp.RECORDING if record.ticket_id is not None else None
+    if record.direction is None and event.direction is not None:
+        # Which way the call went, however late the event that says it: a call that ended
+        # before it was known is told to the desk now.
+        record.direction = event.direction
+        record.updated_at = now
+        if record.state is CallState.ENDED:
+            return _told(record)
     if record.state is CallState.ENDED or event.sequence <= record.last_sequence:
         log.info(
             "%s: %s event %d is late or repeated; ignored", event.label, event.kind, event.sequence
@@ -232,6 +239,14 @@ def _end(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | N
         record.duration = event.duration
     elif record.answered_at is not None:
         record.duration = max(int((record.ended_at - record.answered_at).total_seconds()), 0)
+    return _told(record)
+
+
+def _told(record: CallRecord) -> FollowUp | None:
+    """What the desk hears of a call that has ended: an inbound one, missed or answered."""
+    if record.direction is None:
+        log.info("%s: ended; told to the desk once it is known which way it went", record.label)
+        return None
     if record.direction is not CallDirection.IN:
         return None
     if record.outcome is not CallOutcome.ANSWERED:
@@ -454,7 +469,9 @@ class CallRecorder:
         created: set[tuple[str, str]] = set()
         if missing:
             region = self.policy.default_region
-            callers = {event: e164(event.caller, region) for event in missing}
+            callers = {
+                event: e164(event.caller, region) if event.caller else None for event in missing
+            }
             contacts: dict[str, int] = {}
             phones = {phone for phone in callers.values() if phone}
             if phones:

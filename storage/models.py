@@ -487,7 +487,11 @@ class Call(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     provider: Mapped[str] = mapped_column(String(64))
     call_id: Mapped[str] = mapped_column(String(200))
-    direction: Mapped[CallDirection] = mapped_column(_enum(CallDirection, "call_direction"))
+    # None until an event that says which way the call went is applied (Telnyx says it only
+    # when the call begins).
+    direction: Mapped[CallDirection | None] = mapped_column(
+        _enum(CallDirection, "call_direction")
+    )
     from_number: Mapped[str] = mapped_column(String(64), doc="E.164 when it parses, else as sent")
     to_number: Mapped[str] = mapped_column(String(64), doc="E.164 when it parses, else as sent")
     agent: Mapped[str | None] = mapped_column(String(200))

@@ -35,7 +35,8 @@ class CallEvent:
     # Position of the event within its call; an event not after the last one applied is
     # a duplicate or late and changes nothing.
     sequence: int
-    direction: CallDirection
+    # None: the event does not say (Telnyx says it only when the call begins).
+    direction: CallDirection | None
     from_number: str
     to_number: str
     agent: str | None = None
@@ -50,8 +51,10 @@ class CallEvent:
     recording_url: str | None = None
 
     @property
-    def caller(self) -> str:
-        """The customer's side of the call."""
+    def caller(self) -> str | None:
+        """The customer's side of the call; None while which way it went is not known."""
+        if self.direction is None:
+            return None
         return self.from_number if self.direction is CallDirection.IN else self.to_number
 
     @property

@@ -30,6 +30,7 @@ EVENTS = {
     "call.answered": EventKind.ANSWERED,
     "call.hangup": EventKind.ENDED,
 }
+DIRECTIONS = {"incoming": CallDirection.IN, "outgoing": CallDirection.OUT}
 # Telnyx's documented hangup causes. None: the cause says nothing of whether anyone
 # answered (a call that reached its time limit was, as a rule), and the call's own history
 # decides; any other cause is a failure.
@@ -98,9 +99,8 @@ class Telnyx:
             call_id=call_id,
             kind=kind,
             sequence=KIND_SEQUENCE[kind],
-            direction=CallDirection.IN
-            if payload.get("direction") == "incoming"
-            else CallDirection.OUT,
+            # Only call.initiated says which way the call goes.
+            direction=DIRECTIONS.get(str(payload.get("direction"))),
             from_number=str(payload.get("from") or ""),
             to_number=str(payload.get("to") or ""),
             occurred_at=_time(data.get("occurred_at")),

@@ -21,7 +21,15 @@ from intake.config import TelnyxSettings
 from intake.sources.telephony.base import AdapterContext, WebhookRequest
 from intake.sources.telephony.telnyx import Telnyx
 from storage.db import Database
-from storage.models import Call, CallOutcome, CallState, InboundItem, JournalEntry, Ticket
+from storage.models import (
+    Call,
+    CallDirection,
+    CallOutcome,
+    CallState,
+    InboundItem,
+    JournalEntry,
+    Ticket,
+)
 from tests.intake.telephony.conftest import ClientFactory, processed, settings_with
 
 TWILIO_TOKEN = "twilio-auth-token-0123"
@@ -206,7 +214,8 @@ def telnyx_event(kind: str, event_id: str, **payload: Any) -> bytes:
                     "call_control_id": "v3:abc",
                     "call_leg_id": "leg-1",
                     "call_session_id": "session-1",
-                    "direction": "incoming",
+                    # As Telnyx sends it: only call.initiated says which way the call goes.
+                    **({"direction": "incoming"} if kind == "call.initiated" else {}),
                     "from": "+79161234567",
                     "to": "+74951112233",
                     **payload,
@@ -273,6 +282,48 @@ async def test_a_signed_telnyx_event_at_a_time_with_no_utc_equivalent_is_422(
     assert (response.status, await response.json()) == (422, {"error": "ended_at is out of range"})
     with db.transaction() as session:
         assert session.scalars(select(InboundItem)).all() == []
+
+
+async def _telnyx_post(client: Any, key: SigningKey, body: bytes) -> int:
+    now = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "telnyx-timestamp": str(now),
+        "telnyx-signature-ed25519": base64.b64encode(
+            key.sign(f"{now}|".encode() + body).signature
+        ).decode(),
+    }
+    return int((await client.post(TELNYX_PATH, data=body, headers=headers)).status)
+
+
+@pytest.mark.parametrize(
+    ("direction", "missed"),
+    [("incoming", ["Missed call from +79161234567"]), ("outgoing", [])],
+)
+async def test_a_telnyx_hangup_applied_before_its_call_initiated_waits_for_the_direction(
+    db: Database, make_client: ClientFactory, direction: str, missed: list[str]
+) -> None:
+    # call.hangup carries no direction: applied first (its call.initiated delivered late),
+    # the call was taken for an outbound one, and a missed inbound call made no ticket.
+    key = SigningKey.generate()
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    client = await make_client(settings_with({"telnyx": {"enabled": True, "public_key": public}}))
+    hangup = telnyx_event("call.hangup", "e-2", hangup_cause="originator_cancel")
+
+    assert await _telnyx_post(client, key, hangup) == 200
+    await processed(client)
+    assert (the_call(db, "telnyx").direction, subjects(db)) == (None, [])
+
+    initiated = telnyx_event("call.initiated", "e-1", direction=direction)
+    assert await _telnyx_post(client, key, initiated) == 200
+    await processed(client)
+
+    call = the_call(db, "telnyx")
+    assert (call.direction, call.outcome) == (
+        CallDirection.IN if direction == "incoming" else CallDirection.OUT,
+        CallOutcome.CANCELLED,
+    )
+    assert subjects(db) == missed
 
 
 # --- Zadarma ----------------------------------------------------------------------------------
