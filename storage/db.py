@@ -86,6 +86,12 @@ def unavailable(error: BaseException) -> bool:
     time), as opposed to one that what was being written may have caused (a constraint, a
     value the database refuses)."""
     unreachable = sqlite3.OperationalError | OperationalError | InterfaceError | PoolTimeout
+    # PostgreSQL's own state, whatever the driver's class for it: a connection failure
+    # (08), too few resources (53), the server stopping (57), a read-only standby (25006,
+    # after a fail-over).
+    sqlstate = str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+    if sqlstate[:2] in ("08", "53", "57") or sqlstate == "25006":
+        return True
     return isinstance(error, unreachable) or (
         isinstance(error, DBAPIError) and error.connection_invalidated
     )

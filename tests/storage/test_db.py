@@ -172,6 +172,12 @@ def test_errors_of_the_database_itself_are_told_from_errors_of_what_was_written(
     with pytest.raises(DBAPIError) as gone, away.transaction() as session:
         session.execute(text("SELECT 1"))
     assert unavailable(gone.value)
+    if db.dialect == "postgresql":
+        # A standby after a fail-over: read only (psycopg calls it an InternalError).
+        with pytest.raises(DBAPIError) as read_only, db.transaction() as session:
+            session.execute(text("SET TRANSACTION READ ONLY"))
+            session.execute(text("INSERT INTO inbound (id) VALUES (NULL)"))
+        assert unavailable(read_only.value)
     # Every connection of the pool taken past its timeout: no item's fault either.
     crowded = create_engine(
         "sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=0.05

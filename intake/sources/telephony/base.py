@@ -77,8 +77,8 @@ _EVENT_TIMES = tuple(
 )
 
 
-# What the worker writes of an event, and where (storage.models): an identity or a number
-# longer than its column is refused; a text only shown to people is cut to its column.
+# What the worker writes of an event, and where (storage.models): an identity longer than
+# its column is refused; a text only shown to people is cut to its column.
 def _length(column: ColumnElement[Any]) -> int | None:
     kind = column.type
     return kind.length if isinstance(kind, String) else None
@@ -90,7 +90,9 @@ _TEXT_LIMITS = {
     for name in _EVENT_TEXT
     if name in _CALLS and (length := _length(_CALLS[name])) is not None
 }
-_SHOWN = frozenset({"agent", "cause"})
+# The numbers too: E.164 when they parse (a few digits), else as sent, and then only
+# shown (Twilio's "client:<identity>" runs to 128 characters).
+_SHOWN = frozenset({"agent", "cause", "from_number", "to_number"})
 _SOURCE_REF_LIMIT = _length(InboundItem.__table__.c.source_ref)
 # The ranges of the columns the numbers go to: calls.last_sequence and calls.duration.
 _NUMBER_RANGES = {"sequence": 2**63, "duration": 2**31}
@@ -99,10 +101,10 @@ _NUMBER_RANGES = {"sequence": 2**63, "duration": 2**31}
 def fit_for_storage(normalised: Normalised) -> Normalised:
     """What the request means, as the database can hold it; Invalid (422, naming the
     field) for a value that no column would take: a text with a NUL (PostgreSQL's text
-    cannot hold one) or a lone surrogate (it is no UTF-8), an identity or phone number
-    longer than its column, a number out of its column's range, a time that has no UTC
-    equivalent (a year 9999 date behind UTC). Texts only shown to
-    people (the agents a call rang, the provider's cause) are cut to their column instead;
+    cannot hold one) or a lone surrogate (it is no UTF-8), an identity longer than its
+    column, a number out of its column's range, a time that has no UTC equivalent (a year
+    9999 date behind UTC). Texts only shown to people (the agents a call rang, the
+    provider's cause, a caller that is no phone number) are cut to their column instead;
     the request is kept whole as received.
 
     Stored as they came, such values would fail in the worker on every attempt and end
