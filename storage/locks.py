@@ -10,8 +10,11 @@ one-machine store: there the lock is always granted.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -22,12 +25,56 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+# Seconds a turn is waited for at most: a turn is held for one short batch, and a daemon
+# that holds it far longer (frozen, cut off from the network) must not stop the others,
+# nor keep a storage thread waiting when its own daemon stops.
+TURN_WAIT = 5.0
+
+
+class TurnTaken(Exception):
+    """Another session has held the turn longer than it is waited for."""
+
+
+def _wait_for(connection: Connection | Session, name: str, statement: str) -> None:
+    # The timeout holds for the rest of the transaction: any lock it waits for later.
+    connection.execute(
+        text("SELECT set_config('lock_timeout', :wait, true)"),
+        {"wait": f"{int(TURN_WAIT * 1000)}ms"},
+    )
+    try:
+        connection.execute(text(statement), {"key": lock_key(name)})
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == "55P03":  # lock_not_available
+            raise TurnTaken(f"the turn '{name}' is held by another session") from error
+        raise
+
+
 def take_turn(session: Session, name: str) -> None:
-    """Wait until no other transaction holds the turn ``name``, and hold it until this one
-    ends (PostgreSQL's transaction-level advisory lock); on SQLite, whose one writer
-    already takes turns, nothing."""
+    """Wait until no other session holds the turn ``name`` (TurnTaken after TURN_WAIT),
+    and hold it until this transaction ends (PostgreSQL's transaction-level advisory
+    lock); on SQLite, whose one writer already takes turns, nothing."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+        _wait_for(session, name, "SELECT pg_advisory_xact_lock(:key)")
+
+
+@contextmanager
+def turn_held(db: Database, name: str) -> Iterator[None]:
+    """The turn ``name`` held across several transactions, on a connection of its own;
+    the transactions within must not :func:`take_turn` it again."""
+    if db.dialect != "postgresql":
+        yield
+        return
+    with db.engine.connect() as connection:
+        _wait_for(connection, name, "SELECT pg_advisory_lock(:key)")
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(name)})
+            except DBAPIError:
+                # A session that is gone has given the lock up; one that is not must not go
+                # back to the pool holding it.
+                connection.invalidate()
 
 
 class LeaderLock:

@@ -34,7 +34,7 @@ from intake.sources.telephony.base import (
     fit_for_storage,
 )
 from storage import inbound
-from storage.locks import take_turn
+from storage.locks import TurnTaken, take_turn, turn_held
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,17 @@ class CallEventWorker:
             return 0, False
         try:
             return self._process(limit)
+        except TurnTaken as taken:
+            log.warning("telephony: %s; trying again later", taken)
+            return 0, False
         except Exception:
             log.exception("telephony: a batch of call events failed; taking them one by one")
-        taken = self._alone()
-        return taken, taken > 0
+        try:
+            alone = self._alone()
+        except TurnTaken as taken:
+            log.warning("telephony: %s; trying again later", taken)
+            return 0, False
+        return alone, alone > 0
 
     def _process(self, limit: int) -> tuple[int, bool]:
         with self.recorder.db.transaction() as session:
@@ -215,24 +222,26 @@ class CallEventWorker:
 
     def _alone(self) -> int:
         """The first due item on its own; how many (0 or 1). Its claim is committed first,
-        so that the attempt counts even when its work fails: then it is marked failed."""
-        with self.recorder.db.transaction() as session:
-            take_turn(session, TURN)
-            items = inbound.claim(session, limit=1, sources=self.sources)
-        if not items:
-            return 0
-        try:
-            with self.recorder.db.transaction() as session:
-                take_turn(session, TURN)
-                self._act(session, items)
-        except Exception as exc:
-            (item,) = items
-            log.exception("telephony: inbound %d failed on its own", item.id)
-            error = f"{type(exc).__name__}: {exc}"
-            attempts = self.recorder.policy.max_attempts
-            with self.recorder.db.transaction() as session:
-                state = inbound.failed(session, item.id, error=error, max_attempts=attempts)
-            log.warning("telephony: inbound %d is %s: %s", item.id, state.value, error)
+        so that the attempt counts even when its work fails: then it is marked failed. The
+        turn is held across both, so that no other daemon applies a later event of the
+        same call in between."""
+        db = self.recorder.db
+        with turn_held(db, TURN):
+            with db.transaction() as session:
+                items = inbound.claim(session, limit=1, sources=self.sources)
+            if not items:
+                return 0
+            try:
+                with db.transaction() as session:
+                    self._act(session, items)
+            except Exception as exc:
+                (item,) = items
+                log.exception("telephony: inbound %d failed on its own", item.id)
+                error = f"{type(exc).__name__}: {exc}"
+                attempts = self.recorder.policy.max_attempts
+                with db.transaction() as session:
+                    state = inbound.failed(session, item.id, error=error, max_attempts=attempts)
+                log.warning("telephony: inbound %d is %s: %s", item.id, state.value, error)
         return 1
 
     def _act(self, session: Session, items: Sequence[inbound.Claimed]) -> None:

@@ -6,12 +6,13 @@ import asyncio
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import event as sql_event
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from intake.calls import CallRecorder
 from intake.desk import Desk
@@ -29,7 +30,7 @@ from intake.sources.telephony.worker import (
 )
 from storage import inbound
 from storage.db import Database
-from storage.locks import take_turn
+from storage.locks import lock_key, take_turn
 from storage.models import (
     CallOutcome,
     Contact,
@@ -523,3 +524,66 @@ async def test_two_daemons_take_turns_so_a_call_s_events_apply_in_order(
         "anna",
     )
     assert tickets(db) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_an_item_taken_alone_keeps_the_turn_from_its_claim_to_its_work(
+    db: Database, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failed batch, an item is claimed (committed) and then acted on: another
+    # daemon must not apply the same call's hangup in between.
+    client = await make_client()
+    worker = client.app[WORKER]
+    await client.post(URL, json=event("newCall"))
+    await processed(client)
+    for body in (event("answer", user="anna"), event("hangup", cause="normalClearing")):
+        assert (await client.post(URL, json=body)).status == 200
+    claimed = threading.Event()
+    transaction = db.transaction
+    begun: list[int] = []
+
+    @contextmanager
+    def paced() -> Iterator[Any]:
+        # Daemon A pauses between its claim's commit and the transaction of its work.
+        if threading.current_thread().name == "daemon-a":
+            begun.append(1)
+            if len(begun) == 2:
+                claimed.set()
+                time.sleep(0.5)
+        with transaction() as session:
+            yield session
+
+    monkeypatch.setattr(db, "transaction", paced)
+
+    def daemon_a() -> None:
+        threading.current_thread().name = "daemon-a"
+        assert worker._alone() == 1
+
+    def daemon_b() -> None:
+        assert claimed.wait(5)
+        worker.process_due()
+
+    await asyncio.gather(asyncio.to_thread(daemon_a), asyncio.to_thread(daemon_b))
+
+    call = the_call(db)
+    assert (call.outcome, call.answered_at is not None) == (CallOutcome.ANSWERED, True)
+    assert tickets(db) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_turn_held_too_long_elsewhere_is_waited_for_a_bounded_time(
+    db: Database, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemon frozen while holding the turn must not stop the others for good, nor keep
+    # their storage thread from ending when they stop.
+    monkeypatch.setattr("storage.locks.TURN_WAIT", 0.2)
+    client = await make_client()
+    worker = client.app[WORKER]
+    assert (await client.post(URL, json=event("newCall"))).status == 200
+    with db.engine.connect() as frozen:
+        frozen.execute(text("SELECT pg_advisory_lock(:key)"), {"key": lock_key(TURN)})
+        began = time.monotonic()
+        assert await asyncio.to_thread(worker.process_due) == (0, False)
+        assert time.monotonic() - began < 3
+        frozen.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(TURN)})
+    assert await asyncio.to_thread(worker.process_due) == (1, False)
