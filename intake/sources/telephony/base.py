@@ -77,13 +77,13 @@ _EVENT_TIMES = tuple(
 )
 
 
-# What the worker writes of an event, and where (storage.models): an identity longer than
-# its column is refused; a text only shown to people is cut to its column.
 def _length(column: ColumnElement[Any]) -> int | None:
     kind = column.type
     return kind.length if isinstance(kind, String) else None
 
 
+# What the worker writes of an event, and where (storage.models): an identity longer than
+# its column is refused; a text only shown to people is cut to its column.
 _CALLS = Call.__table__.c
 _TEXT_LIMITS = {
     name: length
@@ -112,10 +112,10 @@ def fit_for_storage(normalised: Normalised) -> Normalised:
     told which field."""
     events = tuple(_fit(event) for event in normalised.events)
     if normalised.source_ref is not None:
-        _check_text("the event's identity", normalised.source_ref, _SOURCE_REF_LIMIT)
+        check_text("the event's identity", normalised.source_ref, _SOURCE_REF_LIMIT)
     # Kept as the item's reason (an adapter may name the provider's event in it).
     if normalised.ignored is not None:
-        _check_text("the event's kind", normalised.ignored)
+        check_text("the event's kind", normalised.ignored)
     if all(fit is event for fit, event in zip(events, normalised.events, strict=True)):
         return normalised
     return replace(normalised, events=events)
@@ -128,12 +128,10 @@ def _fit(event: CallEvent) -> CallEvent:
         if value is None:
             continue
         limit = _TEXT_LIMITS.get(name)
-        if name in _SHOWN:
-            _check_text(name, value)
-            if limit is not None and len(value) > limit:
-                cut[name] = value[: limit - 1] + "…"
-        else:
-            _check_text(name, value, limit)
+        shown = name in _SHOWN
+        check_text(name, value, None if shown else limit)
+        if shown and limit is not None and len(value) > limit:
+            cut[name] = value[: limit - 1] + "…"
     for name, bound in _NUMBER_RANGES.items():
         number = getattr(event, name)
         if number is not None and not -bound <= number < bound:
@@ -149,7 +147,9 @@ def _fit(event: CallEvent) -> CallEvent:
     return replace(event, **cut) if cut else event
 
 
-def _check_text(name: str, value: str, limit: int | None = None) -> None:
+def check_text(name: str, value: str, limit: int | None = None) -> None:
+    """Invalid, naming the field, unless the store can keep ``value`` (within ``limit``
+    characters, if given)."""
     fault = text_fault(value)
     if fault is not None:
         raise Invalid(f"{name} {fault}")

@@ -23,11 +23,12 @@ from intake.sources.telephony.base import (
     Route,
     Unauthorized,
     WebhookRequest,
+    check_text,
     digits,
     equal,
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind, e164
-from storage.models import CallDirection, CallOutcome, text_fault
+from storage.models import CallDirection, CallOutcome
 
 REPLAY_WINDOW = 300
 ACCEPTED = Reply.json({})
@@ -172,7 +173,5 @@ def _strings(key: str, value: Any) -> list[str]:
 def _text(key: str, value: str) -> str:
     # What no column can hold is refused now, by the PBX's own name for the field, rather
     # than failing in the worker (fit_for_storage checks every adapter's events again).
-    fault = text_fault(value)
-    if fault is not None:
-        raise Invalid(f"{key} {fault}")
+    check_text(key, value)
     return value.strip()
