@@ -225,21 +225,35 @@ def telnyx_event(kind: str, event_id: str, **payload: Any) -> bytes:
     ).encode()
 
 
-async def test_telnyx_event_signed_with_ed25519_is_accepted_and_a_forged_or_old_one_refused(
-    db: Database, make_client: ClientFactory
-) -> None:
+async def telnyx_client(make_client: ClientFactory) -> tuple[Any, SigningKey]:
+    """A client of the app with Telnyx enabled, and the key its events are signed with."""
     key = SigningKey.generate()
     public = base64.b64encode(bytes(key.verify_key)).decode()
     client = await make_client(settings_with({"telnyx": {"enabled": True, "public_key": public}}))
+    return client, key
+
+
+async def telnyx_post(
+    client: Any, key: SigningKey, body: bytes, timestamp: int | None = None
+) -> Any:
+    """The body posted as Telnyx signs it (Ed25519 over "{timestamp}|{body}")."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signed = key.sign(f"{timestamp}|".encode() + body).signature
+    headers = {
+        "Content-Type": "application/json",
+        "telnyx-timestamp": str(timestamp),
+        "telnyx-signature-ed25519": base64.b64encode(signed).decode(),
+    }
+    return await client.post(TELNYX_PATH, data=body, headers=headers)
+
+
+async def test_telnyx_event_signed_with_ed25519_is_accepted_and_a_forged_or_old_one_refused(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client, key = await telnyx_client(make_client)
 
     async def post(body: bytes, timestamp: int, signer: SigningKey = key) -> int:
-        signed = signer.sign(f"{timestamp}|".encode() + body).signature
-        headers = {
-            "Content-Type": "application/json",
-            "telnyx-timestamp": str(timestamp),
-            "telnyx-signature-ed25519": base64.b64encode(signed).decode(),
-        }
-        return (await client.post(TELNYX_PATH, data=body, headers=headers)).status
+        return int((await telnyx_post(client, signer, body, timestamp)).status)
 
     now = int(time.time())
     assert await post(telnyx_event("call.initiated", "e-1"), now) == 200
@@ -264,36 +278,14 @@ async def test_a_signed_telnyx_event_at_a_time_with_no_utc_equivalent_is_422(
     db: Database, make_client: ClientFactory
 ) -> None:
     # Kept, it failed in the worker on every attempt (kept in UTC, it overflows).
-    key = SigningKey.generate()
-    public = base64.b64encode(bytes(key.verify_key)).decode()
-    client = await make_client(settings_with({"telnyx": {"enabled": True, "public_key": public}}))
+    client, key = await telnyx_client(make_client)
     body = telnyx_event("call.hangup", "e-9", end_time="9999-12-31T23:59:59-23:59")
-    now = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "telnyx-timestamp": str(now),
-        "telnyx-signature-ed25519": base64.b64encode(
-            key.sign(f"{now}|".encode() + body).signature
-        ).decode(),
-    }
 
-    response = await client.post(TELNYX_PATH, data=body, headers=headers)
+    response = await telnyx_post(client, key, body)
 
     assert (response.status, await response.json()) == (422, {"error": "ended_at is out of range"})
     with db.transaction() as session:
         assert session.scalars(select(InboundItem)).all() == []
-
-
-async def _telnyx_post(client: Any, key: SigningKey, body: bytes) -> int:
-    now = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "telnyx-timestamp": str(now),
-        "telnyx-signature-ed25519": base64.b64encode(
-            key.sign(f"{now}|".encode() + body).signature
-        ).decode(),
-    }
-    return int((await client.post(TELNYX_PATH, data=body, headers=headers)).status)
 
 
 @pytest.mark.parametrize(
@@ -305,17 +297,15 @@ async def test_a_telnyx_hangup_applied_before_its_call_initiated_waits_for_the_d
 ) -> None:
     # call.hangup carries no direction: applied first (its call.initiated delivered late),
     # the call was taken for an outbound one, and a missed inbound call made no ticket.
-    key = SigningKey.generate()
-    public = base64.b64encode(bytes(key.verify_key)).decode()
-    client = await make_client(settings_with({"telnyx": {"enabled": True, "public_key": public}}))
+    client, key = await telnyx_client(make_client)
     hangup = telnyx_event("call.hangup", "e-2", hangup_cause="originator_cancel")
 
-    assert await _telnyx_post(client, key, hangup) == 200
+    assert (await telnyx_post(client, key, hangup)).status == 200
     await processed(client)
     assert (the_call(db, "telnyx").direction, subjects(db)) == (None, [])
 
     initiated = telnyx_event("call.initiated", "e-1", direction=direction)
-    assert await _telnyx_post(client, key, initiated) == 200
+    assert (await telnyx_post(client, key, initiated)).status == 200
     await processed(client)
 
     call = the_call(db, "telnyx")
