@@ -103,6 +103,7 @@ class CallRecord:
     duration: int | None
     recording_url: str | None
     last_sequence: int
+    legs: list[dict[str, Any]] | None
     contact_id: int | None
     ticket_id: int | None
     updated_at: dt.datetime
@@ -114,12 +115,9 @@ class CallRecord:
 
 CALLS = Base.metadata.tables["calls"]
 RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
-# What an event may change; written back once per batch.
-CHANGING = tuple(
-    name
-    for name in RECORD_FIELDS
-    if name not in ("id", "provider", "call_id", "from_number", "to_number")
-)
+# What an event may change (the numbers too: a leg heard of later may be the caller's);
+# written back once per batch.
+CHANGING = tuple(name for name in RECORD_FIELDS if name not in ("id", "provider", "call_id"))
 # Built once: building a statement costs more than running it.
 _LOCK_CALLS = (
     select(*(CALLS.c[name] for name in RECORD_FIELDS))
@@ -190,14 +188,19 @@ _INSERT_JOURNAL = insert(Base.metadata.tables["journal"])
 _INSERT_OUTBOX = insert(Base.metadata.tables["outbox"])
 
 
-def advance(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | None:
-    """Apply one event to its call's record; what the desk must hear of, if anything."""
+def advance(
+    record: CallRecord, event: CallEvent, now: dt.datetime, region: str = "RU"
+) -> FollowUp | None:
+    """Apply one event to its call's record; what the desk must hear of, if anything.
+    ``region``: where numbers written without a country code are (the policy's)."""
     if event.kind is EventKind.RECORDING:
         if not event.recording_url or record.recording_url == event.recording_url:
             return None
         record.recording_url = event.recording_url
         record.updated_at = now
         return FollowUp.RECORDING if record.ticket_id is not None else None
+    if event.leg is not None:
+        return _advance_leg(record, event, now, region)
     if record.direction is None and event.direction is not None:
         # Which way the call went, however late the event that says it: a call that ended
         # before it was known is told to the desk now.
@@ -240,6 +243,111 @@ def _end(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | N
     elif record.answered_at is not None:
         record.duration = max(int((record.ended_at - record.answered_at).total_seconds()), 0)
     return _told(record)
+
+
+def _advance_leg(
+    record: CallRecord, event: CallEvent, now: dt.datetime, region: str
+) -> FollowUp | None:
+    """Apply an event of one leg of a call whose legs share its id (Telnyx: the caller's
+    leg, and a leg for each transfer of it). What each leg's events say is kept in the
+    record's ``legs``; the call is what its caller's leg says (the inbound leg, or else the
+    leg first heard of), answered when any leg was. So a transfer that nobody answered
+    does not end the call, an agent who answered a transfer answered it, and the events
+    may come in any order: until an inbound call has ended and the desk been told, a leg
+    heard of later may turn out to be the caller's (an outbound leg that ended was not
+    told, and the inbound leg heard of after it is the caller's)."""
+    if record.state is CallState.ENDED and record.direction is CallDirection.IN:
+        log.info("%s: leg %s %s after the call ended; ignored", event.label, event.leg, event.kind)
+        return None
+    # New lists and dicts, never changed in place: the record's copy taken before the
+    # event (to undo a failed item) shares the old ones.
+    legs = [dict(leg) for leg in record.legs or ()]
+    leg = next((leg for leg in legs if leg["id"] == event.leg), None)
+    if leg is None:
+        leg = {
+            "id": event.leg,
+            "direction": None,
+            "from": e164(event.from_number, region) or event.from_number,
+            "to": e164(event.to_number, region) or event.to_number,
+        }
+        legs.append(leg)
+    # What each event says of its leg is a fact kept once, whatever the order in which
+    # they come: a leg's answer applied after its hangup is still its answer.
+    facts: dict[str, Any] = {}
+    if leg["direction"] is None and event.direction is not None:
+        facts["direction"] = str(event.direction)
+    at = event.occurred_at or now
+    # When it began: as the event says, or else when its first event came.
+    began = event.started_at or at
+    known = _moment(leg.get("started_at"))
+    if known is None or began < known:
+        facts["started_at"] = _stamp(began)
+    answer = event.answered_at or (at if event.kind is EventKind.ANSWERED else None)
+    if answer is not None and "answered_at" not in leg:
+        facts["answered_at"] = _stamp(answer)
+    if event.kind is EventKind.ENDED and "ended_at" not in leg:
+        facts["ended_at"] = _stamp(event.ended_at or at)
+        facts["outcome"] = None if event.outcome is None else str(event.outcome)
+        facts["cause"] = event.cause
+        facts["duration"] = event.duration
+    if not facts:
+        log.info(
+            "%s: %s event of leg %s is repeated or says nothing new; ignored",
+            event.label,
+            event.kind,
+            event.leg,
+        )
+        return None
+    leg.update(facts)
+    record.legs = legs
+    record.agent = event.agent or record.agent
+    record.updated_at = now
+    return _as_legs_say(record, legs)
+
+
+def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> FollowUp | None:
+    """Set the call from its legs; what the desk must hear of, if the call has ended."""
+    caller = next((leg for leg in legs if leg["direction"] == CallDirection.IN), legs[0])
+    direction = None if caller["direction"] is None else CallDirection(caller["direction"])
+    if (direction, caller["from"], caller["to"]) != (
+        record.direction,
+        record.from_number,
+        record.to_number,
+    ):
+        # Another leg is the caller's than was thought when the call was first heard of:
+        # its contact is looked up again when the desk is told.
+        record.direction = direction
+        record.from_number = caller["from"]
+        record.to_number = caller["to"]
+        record.contact_id = None
+    record.started_at = _moment(caller.get("started_at")) or record.started_at
+    answers = [moment for leg in legs if (moment := _moment(leg.get("answered_at")))]
+    record.answered_at = _moment(caller.get("answered_at")) or min(answers, default=None)
+    ended_at = _moment(caller.get("ended_at"))
+    if ended_at is None:
+        # The leg taken for the caller's until now may have ended: nothing was told yet.
+        record.state = CallState.ANSWERED if record.answered_at else CallState.RINGING
+        record.ended_at = record.outcome = record.cause = record.duration = None
+        return None
+    record.state = CallState.ENDED
+    record.ended_at = ended_at
+    record.cause = caller.get("cause")
+    outcome = None if caller.get("outcome") is None else CallOutcome(caller["outcome"])
+    if record.answered_at is not None:
+        outcome = CallOutcome.ANSWERED
+    record.outcome = outcome or CallOutcome.MISSED
+    record.duration = caller.get("duration")
+    if record.duration is None and record.answered_at is not None:
+        record.duration = max(int((ended_at - record.answered_at).total_seconds()), 0)
+    return _told(record)
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat()
+
+
+def _moment(stamp: str | None) -> dt.datetime | None:
+    return None if stamp is None else dt.datetime.fromisoformat(stamp)
 
 
 def _told(record: CallRecord) -> FollowUp | None:
@@ -440,7 +548,7 @@ class CallRecorder:
         with ExitStack() as savepoint:
             for event in events:
                 record = records[event.provider, event.call_id]
-                follow_up = advance(record, event, now)
+                follow_up = advance(record, event, now, desk.region)
                 if follow_up is None:
                     continue
                 if guarded and not told:
@@ -549,6 +657,7 @@ class _DeskWork:
         self.connection = session.connection()
         self.recorder = recorder
         self.desk = recorder.desk
+        self.region = recorder.policy.default_region
         self.forget()
 
     def forget(self) -> None:

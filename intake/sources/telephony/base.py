@@ -90,6 +90,8 @@ _TEXT_LIMITS = {
     for name in _EVENT_TEXT
     if name in _CALLS and (length := _length(_CALLS[name])) is not None
 }
+# A leg names a call within its provider's call, as a call id does.
+_TEXT_LIMITS["leg"] = _TEXT_LIMITS["call_id"]
 # The numbers too: E.164 when they parse (a few digits), else as sent, and then only
 # shown (Twilio's "client:<identity>" runs to 128 characters).
 _SHOWN = frozenset({"agent", "cause", "from_number", "to_number"})

@@ -49,6 +49,10 @@ class CallEvent:
     outcome: CallOutcome | None = None
     cause: str | None = None
     recording_url: str | None = None
+    # The leg of the call the event is of, where the provider names legs that share the
+    # call's id (Telnyx: each transfer is a leg of the caller's call session); None: the
+    # call has one leg, or the provider gives each leg a call id of its own.
+    leg: str | None = None
 
     @property
     def caller(self) -> str | None:

@@ -90,7 +90,10 @@ class Telnyx:
         kind = EVENTS.get(str(data.get("event_type")))
         if kind is None:
             return Normalised(Reply.json({}), event_id, ignored=f"event {data.get('event_type')}")
-        call_id = str(payload.get("call_session_id") or payload.get("call_leg_id") or "")
+        # A call session holds the caller's leg and a leg for each transfer: the session
+        # is the call, and its legs are told apart (intake.calls).
+        leg = str(payload.get("call_leg_id") or "") or None
+        call_id = str(payload.get("call_session_id") or "") or leg
         if not call_id:
             raise Invalid("data.payload.call_session_id is required")
         cause = payload.get("hangup_cause")
@@ -108,6 +111,7 @@ class Telnyx:
             ended_at=_time(payload.get("end_time")),
             outcome=CAUSES.get(cause, CallOutcome.FAILED) if isinstance(cause, str) else None,
             cause=cause if isinstance(cause, str) else None,
+            leg=leg,
         )
         return Normalised(Reply.json({}), event_id, (event,))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -314,6 +315,48 @@ async def test_a_telnyx_hangup_applied_before_its_call_initiated_waits_for_the_d
         CallOutcome.CANCELLED,
     )
     assert subjects(db) == missed
+
+
+async def test_a_telnyx_transfer_that_nobody_answered_leaves_the_callers_call_going(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # Every leg of a call session has its call_session_id: the failed transfer leg's
+    # hangup ended the caller's call, which rang on.
+    client, key = await telnyx_client(make_client)
+    transfer = {"call_leg_id": "leg-2", "from": "+74951112233", "to": "+74957654321"}
+    for body in [
+        telnyx_event("call.initiated", "e-1"),
+        telnyx_event("call.initiated", "e-2", direction="outgoing", **transfer),
+        telnyx_event("call.hangup", "e-3", hangup_cause="timeout", **transfer),
+    ]:
+        assert (await telnyx_post(client, key, body)).status == 200
+    await processed(client)
+
+    call = the_call(db, "telnyx")
+    assert (call.state, call.direction, call.from_number, subjects(db)) == (
+        CallState.RINGING,
+        CallDirection.IN,
+        "+79161234567",
+        [],
+    )
+
+    ended = telnyx_event(
+        "call.hangup", "e-4", hangup_cause="originator_cancel", end_time="2026-11-25T10:00:40Z"
+    )
+    assert (await telnyx_post(client, key, ended)).status == 200
+    await processed(client)
+
+    call = the_call(db, "telnyx")
+    assert (call.state, call.outcome, call.ended_at) == (
+        CallState.ENDED,
+        CallOutcome.CANCELLED,
+        dt.datetime(2026, 11, 25, 10, 0, 40, tzinfo=dt.UTC),
+    )
+    assert [(leg["id"], leg["direction"]) for leg in call.legs or ()] == [
+        ("leg-1", "in"),
+        ("leg-2", "out"),
+    ]
+    assert subjects(db) == ["Missed call from +79161234567"]
 
 
 # --- Zadarma ----------------------------------------------------------------------------------

@@ -1,0 +1,212 @@
+"""A call whose legs share its id (Telnyx: the caller's leg and one per transfer): the
+call is what the caller's leg says, answered when any leg was, whatever the order in
+which the legs' events are applied."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+
+import pytest
+
+from intake.calls import CallRecord, FollowUp, advance
+from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
+from storage.models import CallDirection, CallOutcome, CallState
+
+CUSTOMER = "+79161234567"
+DESK = "+74951112233"
+AGENTS = {"b": "+74957654321", "c": "+74959876543"}
+T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=dt.UTC)
+NOW = T0 + dt.timedelta(hours=1)
+
+
+def leg_event(
+    leg: str,
+    kind: EventKind,
+    second: int,
+    *,
+    direction: CallDirection | None = None,
+    **more: object,
+) -> CallEvent:
+    # As Telnyx tells them: only a leg's call.initiated says which way it goes; a transfer
+    # leg goes out from the desk's number to the agent's.
+    caller_leg = leg == "a"
+    return CallEvent(
+        provider="telnyx",
+        call_id="session-1",
+        kind=kind,
+        sequence=KIND_SEQUENCE[kind],
+        direction=direction,
+        from_number=CUSTOMER if caller_leg else DESK,
+        to_number=DESK if caller_leg else AGENTS[leg],
+        occurred_at=T0 + dt.timedelta(seconds=second),
+        leg=leg,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def initiated(leg: str, second: int) -> CallEvent:
+    direction = CallDirection.IN if leg == "a" else CallDirection.OUT
+    return leg_event(leg, EventKind.RINGING, second, direction=direction)
+
+
+def answered(leg: str, second: int) -> CallEvent:
+    return leg_event(leg, EventKind.ANSWERED, second)
+
+
+def hangup(leg: str, second: int, cause: str, outcome: CallOutcome | None) -> CallEvent:
+    return leg_event(leg, EventKind.ENDED, second, cause=cause, outcome=outcome)
+
+
+def first_heard(event: CallEvent) -> CallRecord:
+    """The record as the worker creates it for the first event of a call."""
+    return CallRecord(
+        id=1,
+        provider=event.provider,
+        call_id=event.call_id,
+        direction=event.direction,
+        from_number=event.from_number,
+        to_number=event.to_number,
+        agent=None,
+        state=CallState.RINGING,
+        outcome=None,
+        cause=None,
+        started_at=None,
+        answered_at=None,
+        ended_at=None,
+        duration=None,
+        recording_url=None,
+        last_sequence=0,
+        legs=None,
+        contact_id=42,
+        ticket_id=None,
+        updated_at=NOW,
+    )
+
+
+def apply(events: Sequence[CallEvent]) -> tuple[CallRecord, list[FollowUp]]:
+    record = first_heard(events[0])
+    told = [f for event in events if (f := advance(record, event, NOW)) is not None]
+    return record, told
+
+
+# Nobody answers: the caller rings, a transfer to agent B times out, the caller gives up.
+UNANSWERED = [
+    initiated("a", 0),
+    initiated("b", 1),
+    hangup("b", 31, "timeout", CallOutcome.MISSED),
+    hangup("a", 40, "originator_cancel", CallOutcome.CANCELLED),
+]
+# The desk's application answers the caller, a transfer to B times out, one to C is
+# answered, and the caller hangs up after talking to C.
+TRANSFERRED = [
+    initiated("a", 0),
+    answered("a", 2),
+    initiated("b", 3),
+    hangup("b", 33, "timeout", CallOutcome.MISSED),
+    initiated("c", 34),
+    answered("c", 40),
+    hangup("c", 100, "normal_clearing", None),
+    hangup("a", 100, "normal_clearing", None),
+]
+
+
+def test_a_transfer_leg_that_nobody_answered_does_not_end_the_call() -> None:
+    record, told = apply(UNANSWERED[:3])
+
+    assert (record.state, told) == (CallState.RINGING, [])
+
+    told += [f for f in [advance(record, UNANSWERED[3], NOW)] if f is not None]
+    assert told == [FollowUp.MISSED]
+    assert (record.direction, record.from_number, record.to_number) == (
+        CallDirection.IN,
+        CUSTOMER,
+        DESK,
+    )
+    assert (record.outcome, record.cause, record.ended_at) == (
+        CallOutcome.CANCELLED,
+        "originator_cancel",
+        T0 + dt.timedelta(seconds=40),
+    )
+    assert [leg["id"] for leg in record.legs or ()] == ["a", "b"]
+
+
+def test_a_call_answered_on_a_transfer_after_one_that_failed_is_one_answered_call() -> None:
+    record, told = apply(TRANSFERRED[:4])
+    assert (record.state, told) == (CallState.ANSWERED, [])
+
+    record, told = apply(TRANSFERRED)
+
+    assert told == [FollowUp.ANSWERED]
+    assert (record.state, record.outcome, record.cause) == (
+        CallState.ENDED,
+        CallOutcome.ANSWERED,
+        "normal_clearing",
+    )
+    assert (record.answered_at, record.ended_at, record.duration) == (
+        T0 + dt.timedelta(seconds=2),
+        T0 + dt.timedelta(seconds=100),
+        98,
+    )
+
+
+def test_an_agent_answering_a_transfer_of_a_ringing_call_answered_it() -> None:
+    events = [initiated("a", 0), initiated("c", 1), answered("c", 5), hangup("a", 65, "x", None)]
+
+    record, told = apply(events)
+
+    assert told == [FollowUp.ANSWERED]
+    assert (record.outcome, record.answered_at, record.duration) == (
+        CallOutcome.ANSWERED,
+        T0 + dt.timedelta(seconds=5),
+        60,
+    )
+
+
+@pytest.mark.parametrize("scenario", [UNANSWERED, TRANSFERRED], ids=["unanswered", "transferred"])
+def test_legs_heard_of_in_any_order_tell_the_desk_once_of_the_callers_call(
+    scenario: list[CallEvent],
+) -> None:
+    caller_known = scenario.index(initiated("a", 0))
+    caller_ended = scenario.index(next(e for e in scenario if e.leg == "a" and e.kind == "ended"))
+    answers = [i for i, e in enumerate(scenario) if e.kind is EventKind.ANSWERED]
+    orders = list(itertools.permutations(range(len(scenario))))
+    # Every order of the short scenario; a fixed sample of the long one's 40,320.
+    for order in orders if len(orders) < 1000 else orders[::97]:
+        record, told = apply([scenario[i] for i in order])
+        where = {i: position for position, i in enumerate(order)}
+        # The desk is told once the caller's leg has both begun and ended; the call was
+        # answered if an answer was applied before that.
+        told_at = max(where[caller_known], where[caller_ended])
+        was_answered = any(where[i] < told_at for i in answers)
+        assert told == [FollowUp.ANSWERED if was_answered else FollowUp.MISSED], order
+        assert (record.state, record.direction, record.from_number) == (
+            CallState.ENDED,
+            CallDirection.IN,
+            CUSTOMER,
+        ), order
+        assert record.ended_at == scenario[caller_ended].occurred_at, order
+        if record.from_number != first_heard(scenario[order[0]]).from_number:
+            # Another leg was first taken for the caller's: its contact is not the caller's.
+            assert record.contact_id is None, order
+
+
+def test_repeated_and_late_events_of_a_leg_change_nothing() -> None:
+    record, told = apply(UNANSWERED[:3])
+    before = (record.state, record.legs)
+
+    told += [f for e in [UNANSWERED[2], UNANSWERED[1]] if (f := advance(record, e, NOW))]
+
+    assert (told, (record.state, record.legs)) == ([], before)
+
+
+def test_an_event_applied_to_a_copy_of_the_record_leaves_the_original_as_it_was() -> None:
+    # A failed item is undone by putting back the record's copy taken before it.
+    record, _ = apply(UNANSWERED[:2])
+    legs = [dict(leg) for leg in record.legs or ()]
+    copy = CallRecord(**{name: getattr(record, name) for name in record.__slots__})
+
+    advance(copy, UNANSWERED[2], NOW)
+
+    assert record.legs == legs
