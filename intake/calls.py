@@ -113,6 +113,8 @@ class CallRecord:
         return f"{self.provider}:{self.call_id}"
 
 
+# Legs of one call at most (Telnyx: a transfer each); more are logged and ignored.
+MAX_LEGS = 50
 CALLS = Base.metadata.tables["calls"]
 RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
 # What an event may change (the numbers too: a leg heard of later may be the caller's);
@@ -189,7 +191,7 @@ _INSERT_OUTBOX = insert(Base.metadata.tables["outbox"])
 
 
 def advance(
-    record: CallRecord, event: CallEvent, now: dt.datetime, region: str = "RU"
+    record: CallRecord, event: CallEvent, now: dt.datetime, region: str
 ) -> FollowUp | None:
     """Apply one event to its call's record; what the desk must hear of, if anything.
     ``region``: where numbers written without a country code are (the policy's)."""
@@ -199,7 +201,9 @@ def advance(
         record.recording_url = event.recording_url
         record.updated_at = now
         return FollowUp.RECORDING if record.ticket_id is not None else None
-    if event.leg is not None:
+    # A call heard of before its provider's legs were told apart (before migration 0011)
+    # goes on as it began: its record says nothing of its legs.
+    if event.leg is not None and (record.legs is not None or record.last_sequence == 0):
         return _advance_leg(record, event, now, region)
     if record.direction is None and event.direction is not None:
         # Which way the call went, however late the event that says it: a call that ended
@@ -264,6 +268,9 @@ def _advance_leg(
     legs = [dict(leg) for leg in record.legs or ()]
     leg = next((leg for leg in legs if leg["id"] == event.leg), None)
     if leg is None:
+        if len(legs) >= MAX_LEGS:
+            log.warning("%s: more than %d legs; leg %s ignored", event.label, MAX_LEGS, event.leg)
+            return None
         leg = {
             "id": event.leg,
             "direction": None,
@@ -307,7 +314,11 @@ def _advance_leg(
 
 def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> FollowUp | None:
     """Set the call from its legs; what the desk must hear of, if the call has ended."""
-    caller = next((leg for leg in legs if leg["direction"] == CallDirection.IN), legs[0])
+    # The inbound leg, or else the one that began first (an outbound call's first leg),
+    # whichever order they were heard of in.
+    caller = next((leg for leg in legs if leg["direction"] == CallDirection.IN), None)
+    if caller is None:
+        caller = min(legs, key=lambda leg: _moment(leg["started_at"]) or _NEVER)
     direction = None if caller["direction"] is None else CallDirection(caller["direction"])
     if (direction, caller["from"], caller["to"]) != (
         record.direction,
@@ -321,9 +332,15 @@ def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> Follo
         record.to_number = caller["to"]
         record.contact_id = None
     record.started_at = _moment(caller.get("started_at")) or record.started_at
-    answers = [moment for leg in legs if (moment := _moment(leg.get("answered_at")))]
-    record.answered_at = _moment(caller.get("answered_at")) or min(answers, default=None)
     ended_at = _moment(caller.get("ended_at"))
+    # An agent who answered a transfer after the caller hung up answered no call.
+    answers = [
+        moment
+        for leg in legs
+        if (moment := _moment(leg.get("answered_at")))
+        and (ended_at is None or moment <= ended_at)
+    ]
+    record.answered_at = _moment(caller.get("answered_at")) or min(answers, default=None)
     if ended_at is None:
         # The leg taken for the caller's until now may have ended: nothing was told yet.
         record.state = CallState.ANSWERED if record.answered_at else CallState.RINGING
@@ -340,6 +357,9 @@ def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> Follo
     if record.duration is None and record.answered_at is not None:
         record.duration = max(int((ended_at - record.answered_at).total_seconds()), 0)
     return _told(record)
+
+
+_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 def _stamp(moment: dt.datetime) -> str:

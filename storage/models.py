@@ -506,7 +506,7 @@ class Call(Base):
     last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     # The legs of a call whose provider names them (Telnyx's transfers share the caller's
     # call id), in the order first heard of: what each leg's events said (intake.calls).
-    legs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    legs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -92,10 +92,11 @@ class Telnyx:
             return Normalised(Reply.json({}), event_id, ignored=f"event {data.get('event_type')}")
         # A call session holds the caller's leg and a leg for each transfer: the session
         # is the call, and its legs are told apart (intake.calls).
-        leg = str(payload.get("call_leg_id") or "") or None
-        call_id = str(payload.get("call_session_id") or "") or leg
+        # A call told without its leg is its own leg (no event should come without it).
+        call_id = str(payload.get("call_session_id") or payload.get("call_leg_id") or "")
         if not call_id:
             raise Invalid("data.payload.call_session_id is required")
+        leg = str(payload.get("call_leg_id") or "") or call_id
         cause = payload.get("hangup_cause")
         event = CallEvent(
             provider=self.name,

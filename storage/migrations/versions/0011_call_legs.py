@@ -25,7 +25,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("calls") as batch:
-        batch.add_column(sa.Column("legs", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("legs", sa.JSON(none_as_null=True), nullable=True))
 
 
 def downgrade() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from intake.calls import CallRecord, FollowUp, advance
+from intake.calls import MAX_LEGS, CallRecord, FollowUp, advance
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
 from storage.models import CallDirection, CallOutcome, CallState
 
@@ -39,7 +39,7 @@ def leg_event(
         sequence=KIND_SEQUENCE[kind],
         direction=direction,
         from_number=CUSTOMER if caller_leg else DESK,
-        to_number=DESK if caller_leg else AGENTS[leg],
+        to_number=DESK if caller_leg else AGENTS.get(leg, DESK),
         occurred_at=T0 + dt.timedelta(seconds=second),
         leg=leg,
         **more,  # type: ignore[arg-type]
@@ -87,7 +87,7 @@ def first_heard(event: CallEvent) -> CallRecord:
 
 def apply(events: Sequence[CallEvent]) -> tuple[CallRecord, list[FollowUp]]:
     record = first_heard(events[0])
-    told = [f for event in events if (f := advance(record, event, NOW)) is not None]
+    told = [f for event in events if (f := advance(record, event, NOW, "RU")) is not None]
     return record, told
 
 
@@ -117,7 +117,7 @@ def test_a_transfer_leg_that_nobody_answered_does_not_end_the_call() -> None:
 
     assert (record.state, told) == (CallState.RINGING, [])
 
-    told += [f for f in [advance(record, UNANSWERED[3], NOW)] if f is not None]
+    told += [f for f in [advance(record, UNANSWERED[3], NOW, "RU")] if f is not None]
     assert told == [FollowUp.MISSED]
     assert (record.direction, record.from_number, record.to_number) == (
         CallDirection.IN,
@@ -196,7 +196,7 @@ def test_repeated_and_late_events_of_a_leg_change_nothing() -> None:
     record, told = apply(UNANSWERED[:3])
     before = (record.state, record.legs)
 
-    told += [f for e in [UNANSWERED[2], UNANSWERED[1]] if (f := advance(record, e, NOW))]
+    told += [f for e in [UNANSWERED[2], UNANSWERED[1]] if (f := advance(record, e, NOW, "RU"))]
 
     assert (told, (record.state, record.legs)) == ([], before)
 
@@ -207,6 +207,70 @@ def test_an_event_applied_to_a_copy_of_the_record_leaves_the_original_as_it_was(
     legs = [dict(leg) for leg in record.legs or ()]
     copy = CallRecord(**{name: getattr(record, name) for name in record.__slots__})
 
-    advance(copy, UNANSWERED[2], NOW)
+    advance(copy, UNANSWERED[2], NOW, "RU")
 
     assert record.legs == legs
+
+
+def test_an_answer_on_a_transfer_after_the_caller_hung_up_answered_nothing() -> None:
+    events = [initiated("a", 0), initiated("c", 1), hangup("a", 30, "originator_cancel", None)]
+    late = answered("c", 31)
+
+    record, told = apply([*events[:2], late, events[2]])
+
+    assert told == [FollowUp.MISSED]
+    assert (record.outcome, record.answered_at) == (CallOutcome.MISSED, None)
+
+
+# The desk's application dials the customer (A), then transfers the call to agent B, who
+# does not answer; the customer hangs up.
+OUTBOUND = [
+    leg_event("a", EventKind.RINGING, 0, direction=CallDirection.OUT),
+    leg_event("a", EventKind.ANSWERED, 5),
+    leg_event("b", EventKind.RINGING, 6, direction=CallDirection.OUT),
+    hangup("b", 36, "timeout", CallOutcome.MISSED),
+    hangup("a", 50, "normal_clearing", None),
+]
+
+
+def test_an_outbound_call_is_its_first_legs_whatever_order_its_legs_are_heard_of_in() -> None:
+    # (Leg A's numbers as leg_event writes them: what matters is that they are A's.)
+    for order in itertools.permutations(OUTBOUND):
+        record, told = apply(order)
+
+        assert told == [], order
+        assert (record.state, record.direction, record.from_number, record.to_number) == (
+            CallState.ENDED,
+            CallDirection.OUT,
+            CUSTOMER,
+            DESK,
+        ), order
+        assert (record.cause, record.ended_at) == ("normal_clearing", T0 + dt.timedelta(seconds=50))
+
+
+def test_a_call_of_more_legs_than_kept_ignores_the_rest() -> None:
+    record, _ = apply([initiated("a", 0)])
+    for n in range(MAX_LEGS + 5):
+        advance(record, leg_event(f"x{n}", EventKind.ENDED, 1 + n, cause="timeout"), NOW, "RU")
+
+    assert len(record.legs or ()) == MAX_LEGS
+    assert record.state is CallState.RINGING
+
+
+def test_a_call_heard_of_before_legs_were_told_apart_goes_on_as_it_began() -> None:
+    # Migration 0011: a call in progress has no legs kept; its caller's call.initiated was
+    # applied already, and its next event names its leg.
+    record = first_heard(initiated("a", 0))
+    record.last_sequence = 2
+    record.state = CallState.ANSWERED
+    record.answered_at = T0 + dt.timedelta(seconds=2)
+
+    told = advance(record, hangup("a", 60, "normal_clearing", None), NOW, "RU")
+
+    assert told is FollowUp.ANSWERED
+    assert (record.state, record.direction, record.duration, record.legs) == (
+        CallState.ENDED,
+        CallDirection.IN,
+        58,
+        None,
+    )

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import FormData
 from multidict import CIMultiDict
 from nacl.signing import SigningKey
-from sqlalchemy import select
+from sqlalchemy import insert, select, text
 from twilio.request_validator import RequestValidator
 
 from intake.config import TelnyxSettings
@@ -357,6 +357,58 @@ async def test_a_telnyx_transfer_that_nobody_answered_leaves_the_callers_call_go
         ("leg-2", "out"),
     ]
     assert subjects(db) == ["Missed call from +79161234567"]
+
+
+async def test_a_telnyx_event_without_its_leg_is_a_leg_of_its_own(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # Taken for the whole call, a transfer leg's hangup that named no leg ended it.
+    client, key = await telnyx_client(make_client)
+    transfer = {"from": "+74951112233", "to": "+74957654321"}
+    for body in [
+        telnyx_event("call.initiated", "e-1"),
+        telnyx_event("call.initiated", "e-2", direction="outgoing", call_leg_id="leg-2"),
+        telnyx_event("call.hangup", "e-3", hangup_cause="timeout", call_leg_id=None, **transfer),
+        telnyx_event("call.answered", "e-4"),
+        telnyx_event("call.hangup", "e-5", hangup_cause="normal_clearing"),
+    ]:
+        assert (await telnyx_post(client, key, body)).status == 200
+    await processed(client)
+
+    call = the_call(db, "telnyx")
+    assert (call.state, call.outcome, subjects(db)) == (CallState.ENDED, CallOutcome.ANSWERED, [])
+
+
+async def test_a_telnyx_call_in_progress_when_its_legs_began_to_be_told_apart_goes_on(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # As the worker left it before migration 0011, after the caller's call.initiated.
+    now = dt.datetime.now(dt.UTC)
+    with db.transaction() as session:
+        session.execute(
+            insert(Call).values(
+                provider="telnyx",
+                call_id="session-1",
+                direction=CallDirection.IN,
+                from_number="+79161234567",
+                to_number="+74951112233",
+                state=CallState.RINGING,
+                started_at=now,
+                last_sequence=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    client, key = await telnyx_client(make_client)
+
+    body = telnyx_event("call.hangup", "e-9", hangup_cause="originator_cancel")
+    assert (await telnyx_post(client, key, body)).status == 200
+    await processed(client)
+
+    assert subjects(db) == ["Missed call from +79161234567"]
+    with db.transaction() as session:
+        # No legs: SQL NULL, not JSON null.
+        assert session.execute(text("SELECT legs IS NULL FROM calls")).scalar_one()
 
 
 # --- Zadarma ----------------------------------------------------------------------------------
