@@ -293,7 +293,13 @@ def _advance_leg(
     if answer is not None and "answered_at" not in leg:
         facts["answered_at"] = _stamp(answer)
     if event.kind is EventKind.ENDED and "ended_at" not in leg:
-        facts["ended_at"] = _stamp(event.ended_at or at)
+        ended = event.ended_at or at
+        if event.outcome is CallOutcome.ANSWERED and "answered_at" not in leg | facts:
+            # Answered, says its end (Twilio tells only "completed" unless asked for more):
+            # as long before its end as it lasted.
+            lasted = dt.timedelta(seconds=event.duration or 0)
+            facts["answered_at"] = _stamp(ended - lasted)
+        facts["ended_at"] = _stamp(ended)
         facts["outcome"] = None if event.outcome is None else str(event.outcome)
         facts["cause"] = event.cause
         facts["duration"] = event.duration
@@ -333,14 +339,17 @@ def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> Follo
         record.contact_id = None
     record.started_at = _moment(caller.get("started_at")) or record.started_at
     ended_at = _moment(caller.get("ended_at"))
-    # An agent who answered a transfer after the caller hung up answered no call.
+    # The caller's leg is answered by the provider's application (an IVR; Twilio's
+    # <Dial>, Telnyx's transfer), which then rings agents on legs of their own: when it
+    # did, the call was answered only if an agent was, before the caller hung up.
+    others = [leg for leg in legs if leg is not caller]
     answers = [
         moment
-        for leg in legs
+        for leg in others or [caller]
         if (moment := _moment(leg.get("answered_at")))
         and (ended_at is None or moment <= ended_at)
     ]
-    record.answered_at = _moment(caller.get("answered_at")) or min(answers, default=None)
+    record.answered_at = min(answers, default=None)
     if ended_at is None:
         # The leg taken for the caller's until now may have ended: nothing was told yet.
         record.state = CallState.ANSWERED if record.answered_at else CallState.RINGING
@@ -352,8 +361,12 @@ def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> Follo
     outcome = None if caller.get("outcome") is None else CallOutcome(caller["outcome"])
     if record.answered_at is not None:
         outcome = CallOutcome.ANSWERED
+    elif outcome is CallOutcome.ANSWERED:
+        # Its application answered the caller, and no agent did.
+        outcome = None
     record.outcome = outcome or CallOutcome.MISSED
-    record.duration = caller.get("duration")
+    # The caller's leg lasted as long as it says; the conversation, from the agent's answer.
+    record.duration = None if others else caller.get("duration")
     if record.duration is None and record.answered_at is not None:
         record.duration = max(int((ended_at - record.answered_at).total_seconds()), 0)
     return _told(record)

@@ -8,6 +8,8 @@ port: Twilio signs either), so a deployment behind a proxy configures its public
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import email.utils
 import hashlib
 import hmac
 from urllib.parse import urlsplit, urlunsplit
@@ -120,13 +122,16 @@ class Twilio:
         direction = fields.get("Direction", "inbound")
         event = CallEvent(
             provider=self.name,
-            call_id=sid,
+            # A <Dial> rings each number on a child call of the caller's: a leg of it.
+            call_id=fields.get("ParentCallSid") or sid,
+            leg=sid,
             kind=kind,
             # Twilio counts its callbacks from 0; without the count the status orders them.
             sequence=sequence + 1 if sequence is not None else KIND_SEQUENCE[kind],
             direction=CallDirection.IN if direction == "inbound" else CallDirection.OUT,
             from_number=fields.get("From", ""),
             to_number=fields.get("To", ""),
+            occurred_at=_timestamp(fields.get("Timestamp")),
             duration=digits(duration, 9),
             outcome=outcome,
             cause=status,
@@ -134,3 +139,14 @@ class Twilio:
         )
         ref = f"{sid}:{status}:{sequence_number}"
         return Normalised(Reply(200, b"", "text/plain"), ref, (event,))
+
+
+def _timestamp(value: str | None) -> dt.datetime | None:
+    """When the callback's event fired: RFC 2822, in UTC ("Mon, 16 Aug 2010 03:45:01 +0000")."""
+    if not value:
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise Invalid(f"Timestamp is not an RFC 2822 time: '{value}'") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

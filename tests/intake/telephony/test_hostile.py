@@ -35,7 +35,7 @@ FIELDS = [
     "answeringNumber", "cause",
     # Twilio
     "CallSid", "CallStatus", "From", "To", "Direction", "CallDuration", "SequenceNumber",
-    "RecordingUrl",
+    "RecordingUrl", "Timestamp", "ParentCallSid",
     # Zadarma
     "pbx_call_id", "caller_id", "called_did", "internal", "destination", "disposition",
     "duration", "call_start", "status_code", "is_recorded", "call_id_with_rec",
@@ -55,6 +55,8 @@ VALUES = [
     "Disconnected", "call.initiated", "call.answered", "call.hangup", "incoming",
     "+79161234567", "84950000000", "anonymous", "2026-11-26T10:00:00Z",
     "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "²", "٣", "9" * 30,
+    "Thu, 26 Nov 2026 10:00:40 +0000", "Fri, 31 Dec 9999 23:59:59 -2359",
+    "Mon, 01 Jan 0001 00:00:00 +2359", "Thu, 26 Nov 2026 10:00:40",
 ]  # fmt: skip
 HEADERS = [
     "Content-Type", "X-Telephony-Timestamp", "X-Telephony-Signature", "X-Twilio-Signature",
@@ -186,7 +188,8 @@ SHAPED = {
             "CallSid": ids,
             "CallStatus": st.sampled_from(["ringing", "in-progress", "completed", "no-answer"]),
             **{key: texts for key in ("From", "To", "Direction", "CallDuration")},
-            **{key: texts for key in ("SequenceNumber", "RecordingUrl")},
+            **{key: texts for key in ("SequenceNumber", "RecordingUrl", "Timestamp")},
+            "ParentCallSid": ids,
         },
         ("CallSid", "CallStatus"),
         [FORM],

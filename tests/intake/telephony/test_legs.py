@@ -133,8 +133,9 @@ def test_a_transfer_leg_that_nobody_answered_does_not_end_the_call() -> None:
 
 
 def test_a_call_answered_on_a_transfer_after_one_that_failed_is_one_answered_call() -> None:
+    # The application answered the caller; no agent has yet.
     record, told = apply(TRANSFERRED[:4])
-    assert (record.state, told) == (CallState.ANSWERED, [])
+    assert (record.state, record.answered_at, told) == (CallState.RINGING, None, [])
 
     record, told = apply(TRANSFERRED)
 
@@ -144,11 +145,31 @@ def test_a_call_answered_on_a_transfer_after_one_that_failed_is_one_answered_cal
         CallOutcome.ANSWERED,
         "normal_clearing",
     )
+    # Answered when agent C answered; the conversation lasted from then.
     assert (record.answered_at, record.ended_at, record.duration) == (
-        T0 + dt.timedelta(seconds=2),
+        T0 + dt.timedelta(seconds=40),
         T0 + dt.timedelta(seconds=100),
-        98,
+        60,
     )
+
+
+def test_a_call_its_application_answered_and_no_agent_did_is_missed() -> None:
+    record, told = apply([*TRANSFERRED[:4], hangup("a", 60, "normal_clearing", None)])
+
+    assert told == [FollowUp.MISSED]
+    assert (record.outcome, record.answered_at, record.duration) == (
+        CallOutcome.MISSED,
+        None,
+        None,
+    )
+
+
+def test_a_call_with_no_leg_but_the_callers_is_answered_when_the_caller_is() -> None:
+    # A PBX behind the provider answered it: its transfers are no legs the provider sees.
+    record, told = apply([initiated("a", 0), answered("a", 3), hangup("a", 63, "x", None)])
+
+    assert told == [FollowUp.ANSWERED]
+    assert (record.answered_at, record.duration) == (T0 + dt.timedelta(seconds=3), 60)
 
 
 def test_an_agent_answering_a_transfer_of_a_ringing_call_answered_it() -> None:
@@ -170,6 +191,7 @@ def test_legs_heard_of_in_any_order_tell_the_desk_once_of_the_callers_call(
 ) -> None:
     caller_known = scenario.index(initiated("a", 0))
     caller_ended = scenario.index(next(e for e in scenario if e.leg == "a" and e.kind == "ended"))
+    others = [i for i, e in enumerate(scenario) if e.leg != "a"]
     answers = [i for i, e in enumerate(scenario) if e.kind is EventKind.ANSWERED]
     orders = list(itertools.permutations(range(len(scenario))))
     # Every order of the short scenario; a fixed sample of the long one's 40,320.
@@ -177,9 +199,13 @@ def test_legs_heard_of_in_any_order_tell_the_desk_once_of_the_callers_call(
         record, told = apply([scenario[i] for i in order])
         where = {i: position for position, i in enumerate(order)}
         # The desk is told once the caller's leg has both begun and ended; the call was
-        # answered if an answer was applied before that.
+        # answered if an answer that counts was applied before that.
         told_at = max(where[caller_known], where[caller_ended])
-        was_answered = any(where[i] < told_at for i in answers)
+        # Only agents' answers count once the desk knows of a leg that rang an agent.
+        agents = any(where[i] < told_at for i in others)
+        was_answered = any(
+            where[i] < told_at and (scenario[i].leg != "a") == agents for i in answers
+        )
         assert told == [FollowUp.ANSWERED if was_answered else FollowUp.MISSED], order
         assert (record.state, record.direction, record.from_number) == (
             CallState.ENDED,

@@ -110,6 +110,79 @@ async def test_twilio_callback_signed_by_twilio_s_validator_is_accepted_behind_a
 
 
 @pytest.mark.parametrize(
+    ("agent", "outcome", "missed"),
+    [
+        ("no-answer", CallOutcome.MISSED, ["Missed call from +79161234567"]),
+        ("completed", CallOutcome.ANSWERED, []),
+    ],
+    ids=["no agent answered", "an agent answered"],
+)
+async def test_a_twilio_call_its_dial_rang_agents_for_is_answered_only_if_an_agent_answered(
+    db: Database, make_client: ClientFactory, agent: str, outcome: CallOutcome, missed: list[str]
+) -> None:
+    # TwiML answers the caller's call ("completed" when it ends, with its whole duration),
+    # and its <Dial> rings an agent on a child call: the caller reached a person only if
+    # the child call was answered. Twilio posts only "completed" unless asked for more.
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    validator = RequestValidator(TWILIO_TOKEN)
+    child = {
+        "CallSid": "CA_child",
+        "ParentCallSid": "CA0123456789abcdef",
+        "Direction": "outbound-dial",
+        "From": "+74951112233",
+        "To": "+74957654321",
+        "Timestamp": "Thu, 26 Nov 2026 10:00:40 +0000",
+    }
+    for params in [
+        twilio_params(agent, 0, CallDuration="30" if agent == "completed" else "0", **child),
+        twilio_params(
+            "completed", 0, CallDuration="45", Timestamp="Thu, 26 Nov 2026 10:00:45 +0000"
+        ),
+    ]:
+        signature = validator.compute_signature(PUBLIC + TWILIO_PATH, params)
+        response = await client.post(
+            TWILIO_PATH, data=params, headers={"X-Twilio-Signature": signature}
+        )
+        assert response.status == 200
+    await processed(client)
+
+    call = the_call(db, "twilio")
+    assert (call.call_id, call.direction, call.from_number, call.outcome) == (
+        "CA0123456789abcdef",
+        CallDirection.IN,
+        "+79161234567",
+        outcome,
+    )
+    assert call.ended_at == dt.datetime(2026, 11, 26, 10, 0, 45, tzinfo=dt.UTC)
+    if outcome is CallOutcome.ANSWERED:
+        # From the agent's answer (30 s before the child call's end) to the caller's end.
+        assert call.duration == 35
+    assert subjects(db) == missed
+
+
+async def test_a_twilio_callback_with_a_timestamp_that_is_no_time_is_422(
+    db: Database, make_client: ClientFactory
+) -> None:
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    params = twilio_params("completed", 0, Timestamp="yesterday")
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
+
+    headers = {"X-Twilio-Signature": signature}
+    response = await client.post(TWILIO_PATH, data=params, headers=headers)
+
+    assert (response.status, await response.json()) == (
+        422,
+        {"error": "Timestamp is not an RFC 2822 time: 'yesterday'"},
+    )
+
+
+@pytest.mark.parametrize(
     ("configured", "signed"),
     [
         ("https://intake.example.com", "https://intake.example.com:443"),
@@ -369,14 +442,18 @@ async def test_a_telnyx_event_without_its_leg_is_a_leg_of_its_own(
         telnyx_event("call.initiated", "e-1"),
         telnyx_event("call.initiated", "e-2", direction="outgoing", call_leg_id="leg-2"),
         telnyx_event("call.hangup", "e-3", hangup_cause="timeout", call_leg_id=None, **transfer),
-        telnyx_event("call.answered", "e-4"),
-        telnyx_event("call.hangup", "e-5", hangup_cause="normal_clearing"),
     ]:
         assert (await telnyx_post(client, key, body)).status == 200
     await processed(client)
+    assert (the_call(db, "telnyx").state, subjects(db)) == (CallState.RINGING, [])
+
+    ended = telnyx_event("call.hangup", "e-4", hangup_cause="originator_cancel")
+    assert (await telnyx_post(client, key, ended)).status == 200
+    await processed(client)
 
     call = the_call(db, "telnyx")
-    assert (call.state, call.outcome, subjects(db)) == (CallState.ENDED, CallOutcome.ANSWERED, [])
+    assert (call.state, call.outcome) == (CallState.ENDED, CallOutcome.CANCELLED)
+    assert subjects(db) == ["Missed call from +79161234567"]
 
 
 async def test_a_telnyx_call_in_progress_when_its_legs_began_to_be_told_apart_goes_on(
