@@ -53,9 +53,15 @@ class CallPolicy:
     # Callers of no known contact become contacts of this customer (created when needed).
     unassigned_customer: str = "unassigned"
     max_attempts: int = 5
+    # Per provider: seconds an ended call waits for the final events of its other legs,
+    # which the provider tells of only when they end (an adapter's ``settle``).
+    settle: Mapping[str, float] = field(default_factory=dict)
 
     def priority_for(self, provider: str) -> Priority:
         return self.provider_priority.get(provider, self.missed_call_priority)
+
+    def settle_for(self, provider: str) -> float:
+        return self.settle.get(provider, 0.0)
 
 
 def source_name(provider: str) -> str:
@@ -104,6 +110,7 @@ class CallRecord:
     recording_url: str | None
     last_sequence: int
     legs: list[dict[str, Any]] | None
+    tell_at: dt.datetime | None
     contact_id: int | None
     ticket_id: int | None
     updated_at: dt.datetime
@@ -115,6 +122,10 @@ class CallRecord:
 
 # Legs of one call at most (Telnyx: a transfer each); more are logged and ignored.
 MAX_LEGS = 50
+# How long an ended call waits for its legs that are known to be ringing or talking.
+LEG_WAIT = dt.timedelta(seconds=60)
+# An agent's answer this long after the caller's end (in whole seconds) is still in time.
+ANSWER_GRACE = dt.timedelta(seconds=2)
 CALLS = Base.metadata.tables["calls"]
 RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
 # What an event may change (the numbers too: a leg heard of later may be the caller's);
@@ -132,6 +143,14 @@ _LOCK_CALLS = (
     .with_for_update()
 )
 _WRITE_CALLS = update(CALLS).where(CALLS.c.id == bindparam("record_id"))
+# Ended calls whose legs have settled by now, to be told to the desk.
+_SETTLED_CALLS = (
+    select(*(CALLS.c[name] for name in RECORD_FIELDS))
+    .where(CALLS.c.tell_at <= bindparam("now"))
+    .order_by(CALLS.c.tell_at, CALLS.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update()
+)
 # Another daemon may create the same call at the same moment (PostgreSQL).
 _CREATE_CALLS = {
     name: dialect.insert(CALLS)
@@ -191,10 +210,9 @@ _INSERT_OUTBOX = insert(Base.metadata.tables["outbox"])
 
 
 def advance(
-    record: CallRecord, event: CallEvent, now: dt.datetime, region: str
+    record: CallRecord, event: CallEvent, now: dt.datetime, policy: CallPolicy
 ) -> FollowUp | None:
-    """Apply one event to its call's record; what the desk must hear of, if anything.
-    ``region``: where numbers written without a country code are (the policy's)."""
+    """Apply one event to its call's record; what the desk must hear of, if anything."""
     if event.kind is EventKind.RECORDING:
         if not event.recording_url or record.recording_url == event.recording_url:
             return None
@@ -204,7 +222,7 @@ def advance(
     # A call heard of before its provider's legs were told apart (before migration 0011)
     # goes on as it began: its record says nothing of its legs.
     if event.leg is not None and (record.legs is not None or record.last_sequence == 0):
-        return _advance_leg(record, event, now, region)
+        return _advance_leg(record, event, now, policy)
     if record.direction is None and event.direction is not None:
         # Which way the call went, however late the event that says it: a call that ended
         # before it was known is told to the desk now.
@@ -250,18 +268,18 @@ def _end(record: CallRecord, event: CallEvent, now: dt.datetime) -> FollowUp | N
 
 
 def _advance_leg(
-    record: CallRecord, event: CallEvent, now: dt.datetime, region: str
+    record: CallRecord, event: CallEvent, now: dt.datetime, policy: CallPolicy
 ) -> FollowUp | None:
     """Apply an event of one leg of a call whose legs share its id (Telnyx: the caller's
-    leg, and a leg for each transfer of it). What each leg's events say is kept in the
-    record's ``legs``; the call is what its caller's leg says (the inbound leg, or else the
-    leg first heard of), answered when any leg was. So a transfer that nobody answered
-    does not end the call, an agent who answered a transfer answered it, and the events
-    may come in any order: until an inbound call has ended and the desk been told, a leg
-    heard of later may turn out to be the caller's (an outbound leg that ended was not
-    told, and the inbound leg heard of after it is the caller's)."""
-    if record.state is CallState.ENDED and record.direction is CallDirection.IN:
-        log.info("%s: leg %s %s after the call ended; ignored", event.label, event.leg, event.kind)
+    leg and a leg for each transfer of it; Twilio: the caller's call and the child calls
+    of its <Dial>). What each leg's events say is kept in the record's ``legs``, and the
+    call is what they say together (:func:`_as_legs_say`). So a leg that rang an agent who
+    did not answer does not end the call, and the events may come in any order: until an
+    inbound call has been told to the desk, a leg heard of later may turn out to be the
+    caller's (an outbound leg that ended was not told, and the inbound leg heard of after
+    it is the caller's), or the agent's who answered it."""
+    if _told_already(record):
+        log.info("%s: leg %s %s after it was told; ignored", record.label, event.leg, event.kind)
         return None
     # New lists and dicts, never changed in place: the record's copy taken before the
     # event (to undo a failed item) shares the old ones.
@@ -271,6 +289,7 @@ def _advance_leg(
         if len(legs) >= MAX_LEGS:
             log.warning("%s: more than %d legs; leg %s ignored", event.label, MAX_LEGS, event.leg)
             return None
+        region = policy.default_region
         leg = {
             "id": event.leg,
             "direction": None,
@@ -303,6 +322,9 @@ def _advance_leg(
         facts["outcome"] = None if event.outcome is None else str(event.outcome)
         facts["cause"] = event.cause
         facts["duration"] = event.duration
+    if event.recording_url and event.recording_url != record.recording_url:
+        record.recording_url = event.recording_url
+        record.updated_at = now
     if not facts:
         log.info(
             "%s: %s event of leg %s is repeated or says nothing new; ignored",
@@ -315,14 +337,33 @@ def _advance_leg(
     record.legs = legs
     record.agent = event.agent or record.agent
     record.updated_at = now
-    return _as_legs_say(record, legs)
+    return _as_legs_say(record, legs, now, policy.settle_for(record.provider))
 
 
-def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> FollowUp | None:
-    """Set the call from its legs; what the desk must hear of, if the call has ended."""
-    # The inbound leg, or else the one that began first (an outbound call's first leg),
-    # whichever order they were heard of in.
+def _told_already(record: CallRecord) -> bool:
+    """Whether the desk has been told of the call (an inbound call that ended, and is not
+    waiting for its legs to settle)."""
+    return (
+        record.state is CallState.ENDED
+        and record.direction is CallDirection.IN
+        and record.tell_at is None
+    )
+
+
+def _as_legs_say(
+    record: CallRecord, legs: Sequence[Mapping[str, Any]], now: dt.datetime, settle: float
+) -> FollowUp | None:
+    """Set the call from its legs; what the desk must hear of, if the call has ended and
+    its legs have settled (see :func:`settled`).
+
+    The caller's leg says when the call began and ended: the inbound leg, or else the
+    provider's call itself (Twilio's parent call), or else the leg that began first. The
+    provider's application (an IVR, TwiML) answers the caller's leg and rings agents on
+    legs of their own: when it did, the call was answered only if an agent answered
+    before the caller hung up; when no other leg is known, the caller's answer counts."""
     caller = next((leg for leg in legs if leg["direction"] == CallDirection.IN), None)
+    if caller is None:
+        caller = next((leg for leg in legs if leg["id"] == record.call_id), None)
     if caller is None:
         caller = min(legs, key=lambda leg: _moment(leg["started_at"]) or _NEVER)
     direction = None if caller["direction"] is None else CallDirection(caller["direction"])
@@ -339,36 +380,64 @@ def _as_legs_say(record: CallRecord, legs: Sequence[Mapping[str, Any]]) -> Follo
         record.contact_id = None
     record.started_at = _moment(caller.get("started_at")) or record.started_at
     ended_at = _moment(caller.get("ended_at"))
-    # The caller's leg is answered by the provider's application (an IVR; Twilio's
-    # <Dial>, Telnyx's transfer), which then rings agents on legs of their own: when it
-    # did, the call was answered only if an agent was, before the caller hung up.
     others = [leg for leg in legs if leg is not caller]
-    answers = [
-        moment
-        for leg in others or [caller]
-        if (moment := _moment(leg.get("answered_at")))
-        and (ended_at is None or moment <= ended_at)
-    ]
-    record.answered_at = min(answers, default=None)
+    # Providers count whole seconds: an answer a moment after the caller's end is in time.
+    latest = None if ended_at is None else ended_at + ANSWER_GRACE
+    answering = min(
+        (
+            (moment, leg)
+            for leg in others or [caller]
+            if (moment := _moment(leg.get("answered_at"))) and (latest is None or moment <= latest)
+        ),
+        key=lambda pair: pair[0],
+        default=None,
+    )
+    record.answered_at = None if answering is None else answering[0]
     if ended_at is None:
         # The leg taken for the caller's until now may have ended: nothing was told yet.
         record.state = CallState.ANSWERED if record.answered_at else CallState.RINGING
         record.ended_at = record.outcome = record.cause = record.duration = None
+        record.tell_at = None
         return None
     record.state = CallState.ENDED
     record.ended_at = ended_at
     record.cause = caller.get("cause")
     outcome = None if caller.get("outcome") is None else CallOutcome(caller["outcome"])
-    if record.answered_at is not None:
+    if answering is not None:
         outcome = CallOutcome.ANSWERED
     elif outcome is CallOutcome.ANSWERED:
         # Its application answered the caller, and no agent did.
         outcome = None
     record.outcome = outcome or CallOutcome.MISSED
-    # The caller's leg lasted as long as it says; the conversation, from the agent's answer.
-    record.duration = None if others else caller.get("duration")
-    if record.duration is None and record.answered_at is not None:
-        record.duration = max(int((ended_at - record.answered_at).total_seconds()), 0)
+    record.duration = caller.get("duration")
+    if answering is not None and (others or record.duration is None):
+        # The conversation: from the answer to whichever side hung up first.
+        moment, leg = answering
+        record.duration = leg.get("duration") if others else None
+        if record.duration is None:
+            hung_up = min(ended_at, _moment(leg.get("ended_at")) or ended_at)
+            record.duration = max(int((hung_up - moment).total_seconds()), 0)
+    elif others:
+        record.duration = None
+    if record.direction is not CallDirection.IN:
+        record.tell_at = None
+        return _told(record)
+    # Told once the other legs have settled: those known to be ringing or talking have
+    # ended (for LEG_WAIT at most: a lost hangup must not keep a missed call from the
+    # desk), and the provider's ``settle`` seconds have passed for those it tells of only
+    # once they end (Twilio's child calls, unless asked for more).
+    still = any(leg.get("ended_at") is None for leg in others)
+    due = now + (LEG_WAIT if still else dt.timedelta(seconds=settle))
+    record.tell_at = due if record.tell_at is None else min(record.tell_at, due)
+    return settled(record, now)
+
+
+def settled(record: CallRecord, now: dt.datetime) -> FollowUp | None:
+    """What the desk must hear of a call whose legs were waited for, once it is time."""
+    if record.tell_at is not None and record.tell_at > now:
+        log.info("%s: ended; told at %s, once its legs settle", record.label, record.tell_at)
+        return None
+    record.tell_at = None
     return _told(record)
 
 
@@ -498,6 +567,38 @@ class CallRecorder:
             )
         self._act(session, work, guarded=True)
 
+    def tell_settled(self, session: Session, limit: int = 100) -> tuple[int, bool]:
+        """Tell the desk of the ended calls whose legs have settled by now; how many, and
+        whether more are due. A call the desk cannot be told of now (its savepoint undone)
+        is tried again after LEG_WAIT."""
+        now = utcnow()
+        connection = session.connection()
+        rows = connection.execute(_SETTLED_CALLS, {"now": now, "limit": limit + 1}).all()
+        records = [CallRecord(*row) for row in rows[:limit]]
+        if not records:
+            return 0, False
+        desk = _DeskWork(session, self)
+        desk.look_up(record for record in records if record.direction is CallDirection.IN)
+        written = []
+        for record in records:
+            before = replace(record)
+            try:
+                with session.begin_nested():
+                    follow_up = settled(record, now)
+                    if follow_up is not None:
+                        desk.tell(record, follow_up)
+                        desk.write()
+            except Exception:
+                log.exception("%s: the desk cannot be told of the call now", record.label)
+                desk.forget()
+                record = replace(before, tell_at=now + LEG_WAIT)
+            written.append(record)
+        connection.execute(
+            _WRITE_CALLS,
+            [{"record_id": r.id, **{n: getattr(r, n) for n in CHANGING}} for r in written],
+        )
+        return len(records), len(rows) > limit
+
     def _act(self, session: Session, work: Sequence[Work], *, guarded: bool) -> None:
         """The batch's work; unguarded, an item's failure fails the batch."""
         now = utcnow()
@@ -581,7 +682,7 @@ class CallRecorder:
         with ExitStack() as savepoint:
             for event in events:
                 record = records[event.provider, event.call_id]
-                follow_up = advance(record, event, now, desk.region)
+                follow_up = advance(record, event, now, self.policy)
                 if follow_up is None:
                     continue
                 if guarded and not told:
@@ -690,7 +791,6 @@ class _DeskWork:
         self.connection = session.connection()
         self.recorder = recorder
         self.desk = recorder.desk
-        self.region = recorder.policy.default_region
         self.forget()
 
     def forget(self) -> None:

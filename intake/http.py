@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from aiohttp import web
@@ -76,11 +76,17 @@ def http_context(settings: Settings, db: Database, desk: Desk) -> HttpContext:
         unassigned_customer=settings.pipeline.unassigned_customer,
         max_attempts=settings.pipeline.max_attempts,
     )
+    adapters = build_adapters(enabled, AdapterContext(telephony.default_region))
+    # How long a provider's calls wait for the final events of their other legs.
+    policy = replace(
+        policy,
+        settle={adapter.name: float(getattr(adapter, "settle", 0.0)) for adapter in adapters},
+    )
     return HttpContext(
         db=db,
         desk=desk,
         recorder=CallRecorder(db, desk, policy),
-        adapters=build_adapters(enabled, AdapterContext(telephony.default_region)),
+        adapters=adapters,
         operators={op.name: op.token.read() for op in settings.http.operators},
         max_body_size=settings.http.max_body_size,
         default_region=telephony.default_region,

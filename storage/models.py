@@ -507,6 +507,9 @@ class Call(Base):
     # The legs of a call whose provider names them (Telnyx's transfers share the caller's
     # call id), in the order first heard of: what each leg's events said (intake.calls).
     legs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    # When an ended inbound call whose legs are still awaited is to be told to the desk
+    # (the worker tells it then); None once told, or when nothing is awaited.
+    tell_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

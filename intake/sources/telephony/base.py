@@ -350,6 +350,10 @@ class AdapterContext:
 
 
 class TelephonyAdapter(Protocol):
+    """A provider's adapter. Optionally ``settle``: seconds an ended call waits for the
+    final events of its other legs, where the provider tells of them only once they end
+    (Twilio's child calls); 0 when absent."""
+
     name: str
     description: str
     routes: Sequence[Route]

@@ -12,6 +12,7 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 from intake.config import TwilioSettings
@@ -28,6 +29,8 @@ from intake.sources.telephony.base import (
 )
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
 from storage.models import CallDirection, CallOutcome
+
+log = logging.getLogger(__name__)
 
 STATUSES: dict[str, tuple[EventKind, CallOutcome | None]] = {
     "queued": (EventKind.RINGING, None),
@@ -71,6 +74,9 @@ def _as_signed(url: str) -> tuple[str, ...]:
 class Twilio:
     name = "twilio"
     description = "Twilio voice status callbacks"
+    # A <Dial>'s child calls post only their end unless asked for more, and the caller's
+    # call may end at the same moment: its end waits this long for theirs.
+    settle = 15.0
     routes = (
         Route(
             "POST",
@@ -148,5 +154,8 @@ def _timestamp(value: str | None) -> dt.datetime | None:
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        raise Invalid(f"Timestamp is not an RFC 2822 time: '{value}'") from None
+        # Only informative: the event is applied as of when it is processed, rather than
+        # lost (Twilio does not deliver a refused callback again).
+        log.warning("twilio: Timestamp is not an RFC 2822 time: %r", value)
+        return None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -218,7 +218,9 @@ class CallEventWorker:
             take_turn(session, TURN)
             items = inbound.claim(session, limit=limit, sources=self.sources)
             self._act(session, items)
-            return len(items), items.more
+            # And the calls whose legs were waited for, once they have settled.
+            told, more = self.recorder.tell_settled(session)
+            return len(items) + told, items.more or more
 
     def _alone(self) -> int:
         """The first due item on its own; how many (0 or 1). Its claim is committed first,

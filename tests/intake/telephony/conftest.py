@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy import update
 
 from intake.config import Settings
 from intake.desk import Desk
-from intake.http import WORKER, create_app, http_context
+from intake.http import CONTEXT, WORKER, create_app, http_context
 from storage.db import Database
+from storage.models import Call, utcnow
 from tests.intake.conftest import RULES
 
 CTI_TOKEN = "cti-token-0123456789"
@@ -51,3 +54,18 @@ def make_client(db: Database, telephony_env: None, aiohttp_client: Any) -> Clien
 async def processed(client: TestClient[Any, Any]) -> None:
     """Act on every call event stored so far, as the app's worker does."""
     await client.app[WORKER].drain()
+
+
+SECOND = dt.timedelta(seconds=1)
+
+
+async def settled(client: TestClient[Any, Any]) -> None:
+    """As if the time that ended calls wait for their other legs had passed: the calls
+    waiting are told to the desk, as the app's worker tells them when they are due."""
+    await processed(client)
+    db = client.app[CONTEXT].db
+    with db.transaction() as session:
+        session.execute(
+            update(Call).where(Call.tell_at.is_not(None)).values(tell_at=utcnow() - SECOND)
+        )
+    await processed(client)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from intake.calls import MAX_LEGS, CallRecord, FollowUp, advance
+from intake.calls import LEG_WAIT, MAX_LEGS, CallPolicy, CallRecord, FollowUp, advance, settled
 from intake.sources.telephony.model import KIND_SEQUENCE, CallEvent, EventKind
 from storage.models import CallDirection, CallOutcome, CallState
 
@@ -19,6 +19,9 @@ DESK = "+74951112233"
 AGENTS = {"b": "+74957654321", "c": "+74959876543"}
 T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=dt.UTC)
 NOW = T0 + dt.timedelta(hours=1)
+# Telnyx's: it tells of each leg as it begins, so an ended call waits only for legs that
+# are known to be ringing or talking.
+POLICY = CallPolicy()
 
 
 def leg_event(
@@ -79,6 +82,7 @@ def first_heard(event: CallEvent) -> CallRecord:
         recording_url=None,
         last_sequence=0,
         legs=None,
+        tell_at=None,
         contact_id=42,
         ticket_id=None,
         updated_at=NOW,
@@ -87,7 +91,7 @@ def first_heard(event: CallEvent) -> CallRecord:
 
 def apply(events: Sequence[CallEvent]) -> tuple[CallRecord, list[FollowUp]]:
     record = first_heard(events[0])
-    told = [f for event in events if (f := advance(record, event, NOW, "RU")) is not None]
+    told = [f for event in events if (f := advance(record, event, NOW, POLICY)) is not None]
     return record, told
 
 
@@ -117,7 +121,7 @@ def test_a_transfer_leg_that_nobody_answered_does_not_end_the_call() -> None:
 
     assert (record.state, told) == (CallState.RINGING, [])
 
-    told += [f for f in [advance(record, UNANSWERED[3], NOW, "RU")] if f is not None]
+    told += [f for f in [advance(record, UNANSWERED[3], NOW, POLICY)] if f is not None]
     assert told == [FollowUp.MISSED]
     assert (record.direction, record.from_number, record.to_number) == (
         CallDirection.IN,
@@ -175,7 +179,7 @@ def test_a_call_with_no_leg_but_the_callers_is_answered_when_the_caller_is() -> 
 def test_an_agent_answering_a_transfer_of_a_ringing_call_answered_it() -> None:
     events = [initiated("a", 0), initiated("c", 1), answered("c", 5), hangup("a", 65, "x", None)]
 
-    record, told = apply(events)
+    record, told = apply([*events, hangup("c", 65, "normal_clearing", None)])
 
     assert told == [FollowUp.ANSWERED]
     assert (record.outcome, record.answered_at, record.duration) == (
@@ -200,11 +204,23 @@ def test_legs_heard_of_in_any_order_tell_the_desk_once_of_the_callers_call(
         where = {i: position for position, i in enumerate(order)}
         # The desk is told once the caller's leg has both begun and ended; the call was
         # answered if an answer that counts was applied before that.
+        # ... and every other leg heard of by then has ended.
         told_at = max(where[caller_known], where[caller_ended])
+        while any(
+            where[i] <= told_at
+            for i in others
+            if not any(
+                scenario[j].leg == scenario[i].leg
+                and scenario[j].kind is EventKind.ENDED
+                and where[j] <= told_at
+                for j in others
+            )
+        ):
+            told_at += 1
         # Only agents' answers count once the desk knows of a leg that rang an agent.
-        agents = any(where[i] < told_at for i in others)
+        agents = any(where[i] <= told_at for i in others)
         was_answered = any(
-            where[i] < told_at and (scenario[i].leg != "a") == agents for i in answers
+            where[i] <= told_at and (scenario[i].leg != "a") == agents for i in answers
         )
         assert told == [FollowUp.ANSWERED if was_answered else FollowUp.MISSED], order
         assert (record.state, record.direction, record.from_number) == (
@@ -222,7 +238,7 @@ def test_repeated_and_late_events_of_a_leg_change_nothing() -> None:
     record, told = apply(UNANSWERED[:3])
     before = (record.state, record.legs)
 
-    told += [f for e in [UNANSWERED[2], UNANSWERED[1]] if (f := advance(record, e, NOW, "RU"))]
+    told += [f for e in [UNANSWERED[2], UNANSWERED[1]] if (f := advance(record, e, NOW, POLICY))]
 
     assert (told, (record.state, record.legs)) == ([], before)
 
@@ -233,19 +249,31 @@ def test_an_event_applied_to_a_copy_of_the_record_leaves_the_original_as_it_was(
     legs = [dict(leg) for leg in record.legs or ()]
     copy = CallRecord(**{name: getattr(record, name) for name in record.__slots__})
 
-    advance(copy, UNANSWERED[2], NOW, "RU")
+    advance(copy, UNANSWERED[2], NOW, POLICY)
 
     assert record.legs == legs
 
 
 def test_an_answer_on_a_transfer_after_the_caller_hung_up_answered_nothing() -> None:
     events = [initiated("a", 0), initiated("c", 1), hangup("a", 30, "originator_cancel", None)]
-    late = answered("c", 31)
+    late = answered("c", 30 + 3)
 
     record, told = apply([*events[:2], late, events[2]])
 
-    assert told == [FollowUp.MISSED]
-    assert (record.outcome, record.answered_at) == (CallOutcome.MISSED, None)
+    # C's hangup is waited for, LEG_WAIT at most: a lost hangup keeps no call from the desk.
+    assert (told, record.tell_at) == ([], NOW + LEG_WAIT)
+    assert settled(record, NOW + LEG_WAIT - dt.timedelta(seconds=1)) is None
+    assert settled(record, NOW + LEG_WAIT) is FollowUp.MISSED
+    assert (record.outcome, record.answered_at, record.tell_at) == (CallOutcome.MISSED, None, None)
+
+
+def test_an_answer_a_moment_after_the_callers_end_is_in_time() -> None:
+    # Providers count whole seconds: the agent answered as the caller hung up.
+    events = [initiated("a", 0), initiated("c", 1), hangup("a", 30, "originator_cancel", None)]
+
+    record, told = apply([*events, answered("c", 31), hangup("c", 31, "normal_clearing", None)])
+
+    assert (told, record.answered_at) == ([FollowUp.ANSWERED], T0 + dt.timedelta(seconds=31))
 
 
 # The desk's application dials the customer (A), then transfers the call to agent B, who
@@ -277,7 +305,7 @@ def test_an_outbound_call_is_its_first_legs_whatever_order_its_legs_are_heard_of
 def test_a_call_of_more_legs_than_kept_ignores_the_rest() -> None:
     record, _ = apply([initiated("a", 0)])
     for n in range(MAX_LEGS + 5):
-        advance(record, leg_event(f"x{n}", EventKind.ENDED, 1 + n, cause="timeout"), NOW, "RU")
+        advance(record, leg_event(f"x{n}", EventKind.ENDED, 1 + n, cause="timeout"), NOW, POLICY)
 
     assert len(record.legs or ()) == MAX_LEGS
     assert record.state is CallState.RINGING
@@ -291,7 +319,7 @@ def test_a_call_heard_of_before_legs_were_told_apart_goes_on_as_it_began() -> No
     record.state = CallState.ANSWERED
     record.answered_at = T0 + dt.timedelta(seconds=2)
 
-    told = advance(record, hangup("a", 60, "normal_clearing", None), NOW, "RU")
+    told = advance(record, hangup("a", 60, "normal_clearing", None), NOW, POLICY)
 
     assert told is FollowUp.ANSWERED
     assert (record.state, record.direction, record.duration, record.legs) == (
