@@ -218,8 +218,14 @@ class CallEventWorker:
             take_turn(session, TURN)
             items = inbound.claim(session, limit=limit, sources=self.sources)
             self._act(session, items)
-            # And the calls whose legs were waited for, once they have settled.
-            told, more = self.recorder.tell_settled(session)
+            # And the calls whose legs were waited for, once they have settled: in a
+            # savepoint, so that whatever fails there does not hold up the events.
+            try:
+                with session.begin_nested():
+                    told, more = self.recorder.tell_settled(session)
+            except Exception:
+                log.exception("telephony: cannot tell the desk of settled calls now")
+                told, more = 0, False
             return len(items) + told, items.more or more
 
     def _alone(self) -> int:

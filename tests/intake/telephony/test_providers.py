@@ -29,6 +29,7 @@ from storage.models import (
     CallOutcome,
     CallState,
     InboundItem,
+    InboundState,
     JournalEntry,
     Ticket,
 )
@@ -145,6 +146,37 @@ async def test_a_call_the_desk_cannot_be_told_of_when_it_is_due_is_told_later(
     await settled(client)
 
     assert subjects(db) == ["Missed call from +79161234567"]
+
+
+async def test_calls_that_cannot_be_told_hold_up_no_events(
+    db: Database,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+
+    def cannot(*args: object) -> None:
+        raise RuntimeError("no settled calls today")
+
+    monkeypatch.setattr(calls.CallRecorder, "tell_settled", cannot)
+    params = twilio_params("ringing", 0)
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
+    headers = {"X-Twilio-Signature": signature}
+    assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
+
+    await processed(client)
+
+    assert the_call(db, "twilio").state is CallState.RINGING
+    # Applied in their batch, not item by item as after a failed batch.
+    assert "one by one" not in caplog.text
+    with db.transaction() as session:
+        assert [item.state for item in session.scalars(select(InboundItem))] == [
+            InboundState.DONE
+        ]
 
 
 @pytest.mark.parametrize(
