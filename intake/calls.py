@@ -278,6 +278,12 @@ def _advance_leg(
     inbound call has been told to the desk, a leg heard of later may turn out to be the
     caller's (an outbound leg that ended was not told, and the inbound leg heard of after
     it is the caller's), or the agent's who answered it."""
+    if event.recording_url and event.recording_url != record.recording_url:
+        record.recording_url = event.recording_url
+        record.updated_at = now
+        if _told_already(record):
+            # As a recording event: journaled, if the call is on a ticket.
+            return FollowUp.RECORDING if record.ticket_id is not None else None
     if _told_already(record):
         log.info("%s: leg %s %s after it was told; ignored", record.label, event.leg, event.kind)
         return None
@@ -322,9 +328,6 @@ def _advance_leg(
         facts["outcome"] = None if event.outcome is None else str(event.outcome)
         facts["cause"] = event.cause
         facts["duration"] = event.duration
-    if event.recording_url and event.recording_url != record.recording_url:
-        record.recording_url = event.recording_url
-        record.updated_at = now
     if not facts:
         log.info(
             "%s: %s event of leg %s is repeated or says nothing new; ignored",
@@ -567,37 +570,50 @@ class CallRecorder:
             )
         self._act(session, work, guarded=True)
 
-    def tell_settled(self, session: Session, limit: int = 100) -> tuple[int, bool]:
-        """Tell the desk of the ended calls whose legs have settled by now; how many, and
-        whether more are due. A call the desk cannot be told of now (its savepoint undone)
-        is tried again after LEG_WAIT."""
-        now = utcnow()
+    def tell_settled(
+        self, session: Session, sources: Collection[str], limit: int = 100
+    ) -> tuple[int, bool]:
+        """Tell the desk of the ended calls whose legs have settled; how many, and whether
+        more are due.
+
+        Due: its ``tell_at`` has passed, and so has the arrival of every stored event of
+        ``sources`` not applied yet (a backlog may hold the final event of one of its
+        legs, received in time). Each call in a savepoint of its own: one the desk cannot
+        be told of now is tried again after LEG_WAIT, and holds up no other."""
         connection = session.connection()
+        now = utcnow()
         rows = connection.execute(_SETTLED_CALLS, {"now": now, "limit": limit + 1}).all()
-        records = [CallRecord(*row) for row in rows[:limit]]
+        if not rows:
+            return 0, False
+        waiting = inbound.oldest_pending(connection, sources)
+        horizon = now if waiting is None else min(now, waiting)
+        taken = [CallRecord(*row) for row in rows[:limit]]
+        records = [r for r in taken if r.tell_at is not None and r.tell_at <= horizon]
         if not records:
             return 0, False
         desk = _DeskWork(session, self)
         desk.look_up(record for record in records if record.direction is CallDirection.IN)
-        written = []
         for record in records:
-            before = replace(record)
             try:
                 with session.begin_nested():
-                    follow_up = settled(record, now)
+                    follow_up = settled(record, horizon)
                     if follow_up is not None:
                         desk.tell(record, follow_up)
                         desk.write()
+                    connection.execute(_WRITE_CALLS, [_written(record)])
             except Exception:
                 log.exception("%s: the desk cannot be told of the call now", record.label)
                 desk.forget()
-                record = replace(before, tell_at=now + LEG_WAIT)
-            written.append(record)
-        connection.execute(
-            _WRITE_CALLS,
-            [{"record_id": r.id, **{n: getattr(r, n) for n in CHANGING}} for r in written],
-        )
-        return len(records), len(rows) > limit
+                try:
+                    with session.begin_nested():
+                        connection.execute(
+                            update(CALLS)
+                            .where(CALLS.c.id == record.id)
+                            .values(tell_at=now + LEG_WAIT)
+                        )
+                except Exception:
+                    log.exception("%s: nor can it be put off", record.label)
+        return len(records), len(rows) > limit and len(records) == limit
 
     def _act(self, session: Session, work: Sequence[Work], *, guarded: bool) -> None:
         """The batch's work; unguarded, an item's failure fails the batch."""
@@ -651,16 +667,7 @@ class CallRecorder:
         inbound.ignored_batch(session, set_aside)
         inbound.done_batch(session, finished)
         if changed:
-            session.connection().execute(
-                _WRITE_CALLS,
-                [
-                    {
-                        "record_id": records[key].id,
-                        **{n: getattr(records[key], n) for n in CHANGING},
-                    }
-                    for key in changed
-                ],
-            )
+            session.connection().execute(_WRITE_CALLS, [_written(records[key]) for key in changed])
         # A call first heard of in an item that failed is not kept, as if never inserted.
         orphans = [records[key].id for key in created - changed]
         if orphans:
@@ -771,6 +778,11 @@ class CallRecorder:
         return records
 
 
+def _written(record: CallRecord) -> dict[str, Any]:
+    """The parameters of _WRITE_CALLS for the record."""
+    return {"record_id": record.id, **{name: getattr(record, name) for name in CHANGING}}
+
+
 class _Caller(NamedTuple):
     id: int
     customer_id: int
@@ -857,12 +869,14 @@ class _DeskWork:
 
     def tell(self, record: CallRecord, follow_up: FollowUp) -> int | None:
         """Tell the desk of ``follow_up``; the ticket it touched, if any."""
+        if record.ticket_id is not None:
+            # The call's own ticket: told of it before (its recording comes after its end),
+            # or an operator logged the call on it before the desk heard that it ended.
+            self._journal(record.ticket_id, ACTOR, follow_up, record)
+            return record.ticket_id
         if follow_up is FollowUp.RECORDING:
             # Only a call with a ticket has its recording told (advance).
-            ticket_id = record.ticket_id
-            if ticket_id is not None:
-                self._journal(ticket_id, ACTOR, follow_up, record)
-            return ticket_id
+            return None
         if follow_up is FollowUp.ANSWERED:
             return self._answered(record)
         return self._missed(record)

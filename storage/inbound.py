@@ -436,6 +436,22 @@ def _due(
     return statements[0], statements[1]
 
 
+def oldest_pending(connection: Connection, sources: Collection[str]) -> dt.datetime | None:
+    """When the oldest item of these sources that no worker has tried yet arrived; None
+    when there is none. (Through the claim index, as the claim's own look for new items.)"""
+    stmt = (
+        select(INBOUND.c.received_at)
+        .where(
+            INBOUND.c.state == InboundState.PENDING,
+            INBOUND.c.next_attempt_at.is_(None),
+            INBOUND.c.source.concat("").in_(list(sources)),
+        )
+        .order_by(INBOUND.c.id)
+        .limit(1)
+    )
+    return connection.execute(stmt).scalar_one_or_none()
+
+
 _MARK_CLAIMED = (
     update(INBOUND)
     .where(INBOUND.c.id.in_(bindparam("ids", expanding=True)))

@@ -222,11 +222,11 @@ class CallEventWorker:
             # savepoint, so that whatever fails there does not hold up the events.
             try:
                 with session.begin_nested():
-                    told, more = self.recorder.tell_settled(session)
+                    _, more = self.recorder.tell_settled(session, self.sources)
             except Exception:
                 log.exception("telephony: cannot tell the desk of settled calls now")
-                told, more = 0, False
-            return len(items) + told, items.more or more
+                more = False
+            return len(items), items.more or more
 
     def _alone(self) -> int:
         """The first due item on its own; how many (0 or 1). Its claim is committed first,
@@ -280,7 +280,8 @@ class CallEventWorker:
         while True:
             processed, more = self.process_due(BACKLOG_BATCH)
             total += processed
-            if not (processed and more):
+            # More: items left (each pass takes some), or calls due (each pass tells some).
+            if not more:
                 return total
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from intake.desk import Desk
 from storage.db import Database
-from storage.models import Call, Channel, Kind, Message, OutboxItem, Ticket
+from storage.models import Call, Channel, JournalEntry, Kind, Message, OutboxItem, Ticket
 from tests.intake.conftest import RULES, Seed, register
 from tests.intake.telephony.conftest import (
     CTI_TOKEN,
@@ -89,6 +89,43 @@ async def test_log_adds_to_an_existing_ticket_and_links_the_call(
         call = session.scalars(select(Call).where(Call.call_id == "k-9")).one()
         assert "Works now." in list(texts)
     assert call.ticket_id == ticket.id
+
+
+async def test_a_call_an_operator_logged_before_it_ended_stays_on_the_operators_ticket(
+    db: Database, make_client: ClientFactory, seed: Seed
+) -> None:
+    # The caller's number is no contact's: told that it ended unanswered, the call made a
+    # "Missed call" ticket of its own and left the operator's.
+    client = await make_client()
+    call = {"from": "+79169999999", "to": "+74951112233", "direction": "in", "callId": "k-7"}
+    await client.post(f"/api/v1/cti/{CTI_TOKEN}", json={"event": "newCall", **call})
+    await processed(client)
+    response = await client.post(
+        "/api/v1/calls",
+        headers=AUTH,
+        json={
+            "email": "anna@acme.example",
+            "subject": "Called about the softphone",
+            "description": "Will call again.",
+            "call_id": "k-7",
+        },
+    )
+    number = (await response.json())["number"]
+
+    await client.post(
+        f"/api/v1/cti/{CTI_TOKEN}", json={"event": "hangup", "cause": "noAnswer", **call}
+    )
+    await processed(client)
+
+    with db.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
+        subjects = list(session.scalars(select(Ticket.subject)))
+        actions = list(
+            session.scalars(select(JournalEntry.action).where(JournalEntry.ticket_id == ticket.id))
+        )
+        linked = session.scalars(select(Call.ticket_id).where(Call.call_id == "k-7")).one()
+    assert subjects == ["Called about the softphone"]
+    assert (linked, actions[-1]) == (ticket.id, "missed_call")
 
 
 async def test_log_names_each_bad_field(make_client: ClientFactory) -> None:

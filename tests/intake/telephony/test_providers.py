@@ -15,11 +15,12 @@ import pytest
 from aiohttp import FormData
 from multidict import CIMultiDict
 from nacl.signing import SigningKey
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select, text, update
 from twilio.request_validator import RequestValidator
 
 from intake import calls
 from intake.config import TelnyxSettings
+from intake.http import CONTEXT
 from intake.sources.telephony.base import AdapterContext, WebhookRequest
 from intake.sources.telephony.telnyx import Telnyx
 from storage.db import Database
@@ -145,6 +146,45 @@ async def test_a_call_the_desk_cannot_be_told_of_when_it_is_due_is_told_later(
 
     await settled(client)
 
+    assert subjects(db) == ["Missed call from +79161234567"]
+
+
+async def test_a_call_is_not_told_before_the_events_that_arrived_in_time_are_applied(
+    db: Database, make_client: ClientFactory
+) -> None:
+    # A backlog of stored events may hold a child call's final callback, received within
+    # the settle time but not yet applied when that time has passed.
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    validator = RequestValidator(TWILIO_TOKEN)
+
+    async def post(params: dict[str, str]) -> None:
+        signature = validator.compute_signature(PUBLIC + TWILIO_PATH, params)
+        headers = {"X-Twilio-Signature": signature}
+        assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
+
+    await post(twilio_params("completed", 0, CallDuration="45"))
+    await processed(client)
+    child = {"CallSid": "CA_child", "ParentCallSid": "CA0123456789abcdef"}
+    await post(twilio_params("no-answer", 0, Direction="outbound-dial", **child))
+    with db.transaction() as session:
+        received_at = session.scalars(
+            select(InboundItem.received_at).where(InboundItem.source_ref.startswith("CA_child"))
+        ).one()
+        session.execute(
+            update(Call).values(tell_at=received_at + dt.timedelta(milliseconds=1))
+        )
+    recorder = client.app[CONTEXT].recorder
+
+    with db.transaction() as session:
+        assert recorder.tell_settled(session, ["telephony:twilio"]) == (0, False)
+    assert subjects(db) == []
+
+    await processed(client)
+
+    assert the_call(db, "twilio").outcome is CallOutcome.MISSED
     assert subjects(db) == ["Missed call from +79161234567"]
 
 
