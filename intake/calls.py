@@ -149,7 +149,9 @@ _SETTLED_CALLS = (
     .where(CALLS.c.tell_at <= bindparam("now"))
     .order_by(CALLS.c.tell_at, CALLS.c.id)
     .limit(bindparam("limit"))
-    .with_for_update()
+    # A call an operator's log holds now is told on a later pass, rather than waited for
+    # with the turn held (the turn keeps daemons apart).
+    .with_for_update(skip_locked=True)
 )
 # Another daemon may create the same call at the same moment (PostgreSQL).
 _CREATE_CALLS = {
