@@ -759,6 +759,9 @@ class TelephonyProviderSettings(_Section):
     enabled: bool = False
     # Empty: [telephony] missed_call_priority.
     missed_call_priority: PriorityName | None = None
+    # Seconds an ended call waits for its other legs' events before the desk is told;
+    # empty: the adapter's own (Twilio 15, Telnyx 10, the others 0).
+    settle_seconds: Annotated[float, Field(ge=0, le=3600)] | None = None
 
 
 class GenericCtiSettings(TelephonyProviderSettings):

@@ -77,11 +77,16 @@ def http_context(settings: Settings, db: Database, desk: Desk) -> HttpContext:
         max_attempts=settings.pipeline.max_attempts,
     )
     adapters = build_adapters(enabled, AdapterContext(telephony.default_region))
-    # How long a provider's calls wait for the final events of their other legs.
-    policy = replace(
-        policy,
-        settle={adapter.name: float(getattr(adapter, "settle", 0.0)) for adapter in adapters},
-    )
+    # How long a provider's calls wait for the events of their other legs: as configured,
+    # or else as its adapter says.
+    settle = {}
+    for adapter in adapters:
+        table = enabled.get(adapter.name)
+        configured = table.settle_seconds if isinstance(table, TelephonyProviderSettings) else None
+        settle[adapter.name] = (
+            float(getattr(adapter, "settle", 0.0)) if configured is None else configured
+        )
+    policy = replace(policy, settle=settle)
     return HttpContext(
         db=db,
         desk=desk,

@@ -50,6 +50,9 @@ CAUSES = {
 class Telnyx:
     name = "telnyx"
     description = "Telnyx Call Control webhooks"
+    # Its webhooks are delivered each on its own: a transfer begun as the caller hung up
+    # may be heard of after the caller's hangup. The call's end waits this long for it.
+    settle = 10.0
     routes = (
         Route(
             "POST",

@@ -188,6 +188,33 @@ async def test_a_call_is_not_told_before_the_events_that_arrived_in_time_are_app
     assert subjects(db) == ["Missed call from +79161234567"]
 
 
+async def test_a_twilio_recording_heard_of_after_the_call_was_told_is_journaled(
+    db: Database, make_client: ClientFactory
+) -> None:
+    settings = settings_with(
+        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
+    )
+    client = await make_client(settings)
+    validator = RequestValidator(TWILIO_TOKEN)
+    recording = "https://api.twilio.com/2010-04-01/Accounts/AC0123/Recordings/RE01"
+    for params in [
+        twilio_params("no-answer", 0),
+        twilio_params("no-answer", 1, RecordingUrl=recording),
+    ]:
+        signature = validator.compute_signature(PUBLIC + TWILIO_PATH, params)
+        headers = {"X-Twilio-Signature": signature}
+        assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
+        await settled(client)
+
+    call = the_call(db, "twilio")
+    assert call.recording_url == recording
+    with db.transaction() as session:
+        actions = session.scalars(
+            select(JournalEntry.action).where(JournalEntry.ticket_id == call.ticket_id)
+        ).all()
+    assert actions[-2:] == ["missed_call", "call_recording"]
+
+
 async def test_calls_that_cannot_be_told_hold_up_no_events(
     db: Database,
     make_client: ClientFactory,
@@ -507,7 +534,7 @@ async def test_a_telnyx_hangup_applied_before_its_call_initiated_waits_for_the_d
 
     initiated = telnyx_event("call.initiated", "e-1", direction=direction)
     assert (await telnyx_post(client, key, initiated)).status == 200
-    await processed(client)
+    await settled(client)
 
     call = the_call(db, "telnyx")
     assert (call.direction, call.outcome) == (
@@ -545,6 +572,10 @@ async def test_a_telnyx_transfer_that_nobody_answered_leaves_the_callers_call_go
     )
     assert (await telnyx_post(client, key, ended)).status == 200
     await processed(client)
+    # Told once Telnyx's settle time has passed (a transfer begun as the caller hung up
+    # may yet be heard of).
+    assert (the_call(db, "telnyx").tell_at is not None, subjects(db)) == (True, [])
+    await settled(client)
 
     call = the_call(db, "telnyx")
     assert (call.state, call.outcome, call.ended_at) == (
@@ -556,6 +587,53 @@ async def test_a_telnyx_transfer_that_nobody_answered_leaves_the_callers_call_go
         ("leg-1", "in"),
         ("leg-2", "out"),
     ]
+    assert subjects(db) == ["Missed call from +79161234567"]
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["nobody answered", "agent answered"])
+async def test_a_telnyx_transfer_heard_of_after_the_callers_hangup_is_taken_into_account(
+    db: Database, make_client: ClientFactory, answered: bool
+) -> None:
+    # The application answered the caller and transferred the call; the transfer leg's
+    # webhooks were delivered after the caller's hangup (Telnyx delivers each on its own).
+    client, key = await telnyx_client(make_client)
+    transfer = {"call_leg_id": "leg-2", "from": "+74951112233", "to": "+74957654321"}
+    for body in [
+        telnyx_event("call.initiated", "e-1"),
+        telnyx_event("call.answered", "e-2"),
+        telnyx_event("call.hangup", "e-5", hangup_cause="normal_clearing"),
+    ]:
+        assert (await telnyx_post(client, key, body)).status == 200
+    await processed(client)
+    late = [telnyx_event("call.initiated", "e-3", direction="outgoing", **transfer)]
+    if answered:
+        late.append(telnyx_event("call.answered", "e-4", **transfer))
+    late.append(telnyx_event("call.hangup", "e-6", hangup_cause="normal_clearing", **transfer))
+    for body in late:
+        assert (await telnyx_post(client, key, body)).status == 200
+
+    await settled(client)
+
+    call = the_call(db, "telnyx")
+    assert call.outcome is (CallOutcome.ANSWERED if answered else CallOutcome.MISSED)
+    assert subjects(db) == ([] if answered else ["Missed call from +79161234567"])
+
+
+async def test_a_providers_settle_time_is_configured_in_its_table(
+    db: Database, make_client: ClientFactory
+) -> None:
+    key = SigningKey.generate()
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    table = {"enabled": True, "public_key": public, "settle_seconds": 0}
+    client = await make_client(settings_with({"telnyx": table}))
+    for body in [
+        telnyx_event("call.initiated", "e-1"),
+        telnyx_event("call.hangup", "e-2", hangup_cause="originator_cancel"),
+    ]:
+        assert (await telnyx_post(client, key, body)).status == 200
+
+    await processed(client)
+
     assert subjects(db) == ["Missed call from +79161234567"]
 
 
