@@ -751,6 +751,54 @@ async def test_zadarma_notifications_signed_as_documented_make_a_missed_call_tic
     assert subjects(db) == ["Missed call from +79161234567"]
 
 
+ZADARMA_FIELDS = {
+    "call_start": "2026-11-25 13:00:00",
+    "pbx_call_id": "in_0123abcd",
+    "caller_id": "79161234567",
+    "called_did": "74951112233",
+    "internal": "101",
+    "destination": "79167654321",
+    "disposition": "answered",
+    "duration": "42",
+    "status_code": "16",
+    "call_id_with_rec": "1764075600.123456",
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "signed"),
+    [
+        # Zadarma API, "Incoming call notifications": each event's PHP example signs these
+        # fields, concatenated in this order.
+        ("NOTIFY_START", "79161234567" + "74951112233" + "2026-11-25 13:00:00"),
+        ("NOTIFY_INTERNAL", "79161234567" + "74951112233" + "2026-11-25 13:00:00"),
+        ("NOTIFY_ANSWER", "79161234567" + "79167654321" + "2026-11-25 13:00:00"),
+        ("NOTIFY_END", "79161234567" + "74951112233" + "2026-11-25 13:00:00"),
+        ("NOTIFY_OUT_START", "101" + "79167654321" + "2026-11-25 13:00:00"),
+        ("NOTIFY_OUT_END", "101" + "79167654321" + "2026-11-25 13:00:00"),
+        ("NOTIFY_RECORD", "in_0123abcd" + "1764075600.123456"),
+    ],
+)
+async def test_every_zadarma_notification_is_verified_over_the_fields_zadarma_signs(
+    make_client: ClientFactory, event: str, signed: str
+) -> None:
+    client = await make_client(
+        settings_with({"zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"}})
+    )
+    fields = {**ZADARMA_FIELDS, "event": event}
+    # Signed over another event's fields: the order of the fields is part of the check.
+    other = "101" + "74951112233" + "2026-11-25 13:00:00"
+
+    good = await client.post(
+        ZADARMA_PATH, data=fields, headers={"Signature": zadarma_signature(signed)}
+    )
+    bad = await client.post(
+        ZADARMA_PATH, data=fields, headers={"Signature": zadarma_signature(other)}
+    )
+
+    assert (good.status, bad.status) == (200, 401)
+
+
 # --- Mango Office -----------------------------------------------------------------------------
 
 MANGO_PATH = "/api/v1/telephony/mango/events"
