@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -34,7 +35,14 @@ from storage.models import (
     JournalEntry,
     Ticket,
 )
-from tests.intake.telephony.conftest import ClientFactory, processed, settings_with, settled
+from tests.intake.telephony.conftest import (
+    CTI_TOKEN,
+    OPERATOR_TOKEN,
+    ClientFactory,
+    processed,
+    settings_with,
+    settled,
+)
 
 TWILIO_TOKEN = "twilio-auth-token-0123"
 ZADARMA_SECRET = "zadarma-secret"
@@ -692,6 +700,54 @@ async def test_a_telnyx_call_in_progress_when_its_legs_began_to_be_told_apart_go
     with db.transaction() as session:
         # No legs: SQL NULL, not JSON null.
         assert session.execute(text("SELECT legs IS NULL FROM calls")).scalar_one()
+
+
+async def test_no_secret_reaches_the_log(
+    db: Database, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Secrets come from the environment or credentials and are compared, never logged:
+    # not the CTI token in its URL, not a signing key, not an operator's bearer token.
+    caplog.set_level(logging.DEBUG)
+    client = await make_client(
+        settings_with(
+            {
+                "twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN"},
+                "zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"},
+                "mango": {
+                    "enabled": True,
+                    "api_key_env": "MANGO_KEY",
+                    "api_salt_env": "MANGO_SALT",
+                },
+            }
+        )
+    )
+    call = {"from": "+79161234567", "to": "+74951112233", "direction": "in", "callId": "s-1"}
+    for event in ({"event": "newCall"}, {"event": "hangup", "cause": "noAnswer"}):
+        assert (await client.post(f"/api/v1/cti/{CTI_TOKEN}", json={**call, **event})).status == 200
+    assert (await client.post(f"/api/v1/cti/{CTI_TOKEN}x", json=call)).status == 401
+    unknown = await client.post(f"/api/v1/cti/{CTI_TOKEN}", json={**call, "event": "ring"})
+    assert unknown.status == 422
+    params = twilio_params("busy", 0)
+    twilio = await client.post(TWILIO_PATH, data=params, headers={"X-Twilio-Signature": "x"})
+    zadarma = await client.post(
+        ZADARMA_PATH, data=ZADARMA_FIELDS | {"event": "NOTIFY_START"}, headers={"Signature": "x"}
+    )
+    mango = await client.post(
+        f"{MANGO_PATH}/call",
+        data={"vpbx_api_key": MANGO_KEY, "sign": "x", "json": "{}"},
+    )
+    operator = await client.post(
+        "/api/v1/calls", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}, json={}
+    )
+    assert [twilio.status, zadarma.status, mango.status, operator.status] == [401, 401, 401, 422]
+    await settled(client)
+    assert subjects(db) == ["Missed call from +79161234567"]
+
+    ours = [r for r in caplog.records if r.name.split(".")[0] in ("intake", "storage")]
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
+    assert ours
+    for secret in (CTI_TOKEN, OPERATOR_TOKEN, TWILIO_TOKEN, ZADARMA_SECRET, MANGO_SALT):
+        assert secret not in logged
 
 
 # --- Zadarma ----------------------------------------------------------------------------------
