@@ -327,6 +327,8 @@ def _advance_leg(
             lasted = dt.timedelta(seconds=event.duration or 0)
             facts["answered_at"] = _stamp(ended - lasted)
         facts["ended_at"] = _stamp(ended)
+        # When its end was heard of: the other legs are waited for from then.
+        facts["end_heard"] = _stamp(now)
         facts["outcome"] = None if event.outcome is None else str(event.outcome)
         facts["cause"] = event.cause
         facts["duration"] = event.duration
@@ -427,19 +429,28 @@ def _as_legs_say(
     if record.direction is not CallDirection.IN:
         record.tell_at = None
         return _told(record)
-    # Told once the other legs have settled: those known to be ringing or talking have
-    # ended (for LEG_WAIT at most: a lost hangup must not keep a missed call from the
-    # desk), and the provider's ``settle`` seconds have passed for those it tells of only
-    # once they end (Twilio's child calls, unless asked for more).
-    still = any(leg.get("ended_at") is None for leg in others)
-    due = now + (LEG_WAIT if still else dt.timedelta(seconds=settle))
-    record.tell_at = due if record.tell_at is None else min(record.tell_at, due)
+    # Told once the other legs have settled: the provider's ``settle`` seconds have passed
+    # since the last end of a leg was heard of (a leg it tells of late, or only once it
+    # ends: Twilio's child calls, unless asked for more), and the legs known to be ringing
+    # or talking have ended: waited for LEG_WAIT (or ``settle``, if longer) after the
+    # caller's end at most, as a lost hangup must not keep a missed call from the desk.
+    # Worked out again from the legs at each event, whatever the order they came in.
+    quiet = dt.timedelta(seconds=settle)
+    heard = _moment(caller.get("end_heard")) or now
+    if any(leg.get("ended_at") is None for leg in others):
+        record.tell_at = heard + max(LEG_WAIT, quiet)
+    else:
+        ends = [moment for leg in others if (moment := _moment(leg.get("end_heard")))]
+        record.tell_at = max([heard, *ends]) + quiet
     return settled(record, now)
 
 
 def settled(record: CallRecord, now: dt.datetime) -> FollowUp | None:
-    """What the desk must hear of a call whose legs were waited for, once it is time."""
-    if record.tell_at is not None and record.tell_at > now:
+    """What the desk must hear of a call whose legs were waited for, once it is time;
+    None for a call that waits for nothing (not ended, or told already)."""
+    if record.tell_at is None:
+        return None
+    if record.tell_at > now:
         log.info("%s: ended; told at %s, once its legs settle", record.label, record.tell_at)
         return None
     record.tell_at = None

@@ -328,3 +328,39 @@ def test_a_call_heard_of_before_legs_were_told_apart_goes_on_as_it_began() -> No
         58,
         None,
     )
+
+
+def test_a_leg_heard_of_ringing_after_the_callers_end_is_waited_for() -> None:
+    # Telnyx's webhooks come each on its own: the transfer's, sent before the caller's
+    # hangup, may be heard of after it; and its answer was before the caller's end.
+    policy = CallPolicy(settle={"telnyx": 10.0})
+    heard = NOW
+    record = first_heard(initiated("a", 0))
+    steps = [
+        (initiated("a", 0), 0),
+        (hangup("a", 60, "normal_clearing", None), 0),
+        (initiated("c", 1), 5),
+        (answered("c", 50), 12),
+        (hangup("c", 60, "normal_clearing", None), 30),
+    ]
+    told = []
+    for event, later in steps:
+        now = heard + dt.timedelta(seconds=later)
+        told += [f for f in [settled(record, now), advance(record, event, now, policy)] if f]
+
+    assert told == []
+    # Ten seconds after the last end heard of.
+    assert record.tell_at == heard + dt.timedelta(seconds=40)
+    assert settled(record, heard + dt.timedelta(seconds=40)) is FollowUp.ANSWERED
+
+
+def test_a_settle_time_longer_than_the_wait_for_ringing_legs_is_kept() -> None:
+    policy = CallPolicy(settle={"telnyx": 120.0})
+    record, _ = apply([initiated("a", 0), initiated("c", 1)])
+
+    advance(record, hangup("a", 30, "originator_cancel", None), NOW, policy)
+    assert record.tell_at == NOW + dt.timedelta(seconds=120)
+    later = NOW + dt.timedelta(seconds=5)
+    advance(record, hangup("c", 30, "originator_cancel", None), later, policy)
+
+    assert record.tell_at == later + dt.timedelta(seconds=120)
