@@ -177,6 +177,17 @@ def test_wrong_type_is_reported_at_its_key_path(tmp_path: Path) -> None:
     ]
 
 
+def test_a_providers_settle_time_out_of_range_is_reported_at_its_key(tmp_path: Path) -> None:
+    table = '[telephony.twilio]\nenabled = true\nauth_token_env = "T"\nsettle_seconds = '
+
+    assert errors_of(tmp_path, table + "-1\n", {"T": "x"}) == [
+        "telephony.twilio.settle_seconds: Input should be greater than or equal to 0"
+    ]
+    assert errors_of(tmp_path, table + "7200\n", {"T": "x"}) == [
+        "telephony.twilio.settle_seconds: Input should be less than or equal to 3600"
+    ]
+
+
 def test_table_where_an_array_belongs_and_back_is_reported(tmp_path: Path) -> None:
     errors = errors_of(tmp_path, "daemon = [1]\nimap = { name = 'x' }\n")
 
