@@ -436,12 +436,12 @@ def _as_legs_say(
     # caller's end at most, as a lost hangup must not keep a missed call from the desk.
     # Worked out again from the legs at each event, whatever the order they came in.
     quiet = dt.timedelta(seconds=settle)
-    heard = _moment(caller.get("end_heard")) or now
+    heard = _moment(caller.get("end_heard")) or ended_at
+    settles = [heard + quiet]
+    settles += [moment + quiet for leg in others if (moment := _moment(leg.get("end_heard")))]
     if any(leg.get("ended_at") is None for leg in others):
-        record.tell_at = heard + max(LEG_WAIT, quiet)
-    else:
-        ends = [moment for leg in others if (moment := _moment(leg.get("end_heard")))]
-        record.tell_at = max([heard, *ends]) + quiet
+        settles.append(heard + max(LEG_WAIT, quiet))
+    record.tell_at = max(settles)
     return settled(record, now)
 
 

@@ -364,3 +364,19 @@ def test_a_settle_time_longer_than_the_wait_for_ringing_legs_is_kept() -> None:
     advance(record, hangup("c", 30, "originator_cancel", None), later, policy)
 
     assert record.tell_at == later + dt.timedelta(seconds=120)
+
+
+def test_a_leg_ringing_on_keeps_no_settle_time_short() -> None:
+    # The settle time runs from the last end of a leg heard of, another leg ringing or not.
+    policy = CallPolicy(settle={"telnyx": 10.0})
+    record, _ = apply([initiated("a", 0), initiated("c", 1), initiated("d", 2)])
+    advance(record, hangup("a", 60, "normal_clearing", None), NOW, policy)
+    c_ended = NOW + dt.timedelta(seconds=55)
+
+    advance(record, hangup("c", 60, "normal_clearing", None), c_ended, policy)
+
+    # The wait for d (a minute after the caller's end) is over before c's settle time.
+    assert record.tell_at == c_ended + dt.timedelta(seconds=10)
+    later = c_ended + dt.timedelta(seconds=7)
+    assert advance(record, answered("c", 50), later, policy) is None
+    assert settled(record, c_ended + dt.timedelta(seconds=10)) is FollowUp.ANSWERED
