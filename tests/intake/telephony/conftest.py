@@ -56,6 +56,13 @@ async def processed(client: TestClient[Any, Any]) -> None:
     await client.app[WORKER].drain()
 
 
+# The providers that sign with a shared secret, each reading it from the environment
+# (the tests that use them set it).
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN"},
+    "zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"},
+    "mango": {"enabled": True, "api_key_env": "MANGO_KEY", "api_salt_env": "MANGO_SALT"},
+}
 SECOND = dt.timedelta(seconds=1)
 
 

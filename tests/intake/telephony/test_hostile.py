@@ -26,7 +26,7 @@ from intake.sources.telephony.base import (
     fit_for_storage,
 )
 from intake.sources.telephony.registry import build_adapters
-from tests.intake.telephony.conftest import settings_with
+from tests.intake.telephony.conftest import PROVIDERS, settings_with
 
 # The names the adapters read, so that the requests get past "unknown event" often.
 FIELDS = [
@@ -268,13 +268,7 @@ def adapters() -> dict[str, TelephonyAdapter]:
                     "signature_secret_env": "CTI_SECRET",
                     "blocked_numbers": ["+7 495 000-00-00"],
                 },
-                "twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN"},
-                "zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"},
-                "mango": {
-                    "enabled": True,
-                    "api_key_env": "MANGO_KEY",
-                    "api_salt_env": "MANGO_SALT",
-                },
+                **PROVIDERS,
                 "telnyx": {"enabled": True, "public_key": public},
             }
         ).telephony

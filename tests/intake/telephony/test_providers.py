@@ -38,6 +38,7 @@ from storage.models import (
 from tests.intake.telephony.conftest import (
     CTI_TOKEN,
     OPERATOR_TOKEN,
+    PROVIDERS,
     ClientFactory,
     processed,
     settings_with,
@@ -86,24 +87,34 @@ def twilio_params(status: str, sequence: int, **extra: str) -> dict[str, str]:
     }
 
 
+async def twilio_client(make_client: ClientFactory) -> Any:
+    """A client of the app with Twilio enabled, behind a proxy at PUBLIC."""
+    twilio = {**PROVIDERS["twilio"], "public_base_url": PUBLIC}
+    return await make_client(settings_with({"twilio": twilio}))
+
+
+async def twilio_post(
+    client: Any, params: dict[str, str], url: str = PUBLIC + TWILIO_PATH
+) -> Any:
+    """The callback posted as Twilio signs it for ``url`` (its own validator's signature)."""
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(url, params)
+    headers = {"X-Twilio-Signature": signature}
+    return await client.post(TWILIO_PATH, data=params, headers=headers)
+
+
 async def test_twilio_callback_signed_by_twilio_s_validator_is_accepted_behind_a_proxy(
     db: Database, make_client: ClientFactory
 ) -> None:
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
-    validator = RequestValidator(TWILIO_TOKEN)
+    client = await twilio_client(make_client)
 
     async def post(params: dict[str, str], url: str = PUBLIC + TWILIO_PATH) -> int:
-        headers = {"X-Twilio-Signature": validator.compute_signature(url, params)}
-        response = await client.post(TWILIO_PATH, data=params, headers=headers)
-        return response.status
+        return int((await twilio_post(client, params, url)).status)
 
     assert await post(twilio_params("ringing", 0)) == 200
     assert await post(twilio_params("no-answer", 1)) == 200
     assert await post(twilio_params("ringing", 2), url="http://127.0.0.1" + TWILIO_PATH) == 401
     forged = twilio_params("in-progress", 3)
+    validator = RequestValidator(TWILIO_TOKEN)
     forged_signature = validator.compute_signature(PUBLIC + TWILIO_PATH, twilio_params("busy", 3))
     response = await client.post(
         TWILIO_PATH, data=forged, headers={"X-Twilio-Signature": forged_signature}
@@ -130,14 +141,9 @@ async def test_twilio_callback_signed_by_twilio_s_validator_is_accepted_behind_a
 async def test_a_call_the_desk_cannot_be_told_of_when_it_is_due_is_told_later(
     db: Database, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
+    client = await twilio_client(make_client)
     params = twilio_params("no-answer", 0)
-    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
-    headers = {"X-Twilio-Signature": signature}
-    assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
+    assert (await twilio_post(client, params)).status == 200
 
     def cannot(*args: object) -> None:
         raise RuntimeError("the desk is away")
@@ -162,21 +168,14 @@ async def test_a_call_is_not_told_before_the_events_that_arrived_in_time_are_app
 ) -> None:
     # A backlog of stored events may hold a child call's final callback, received within
     # the settle time but not yet applied when that time has passed.
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
-    validator = RequestValidator(TWILIO_TOKEN)
+    client = await twilio_client(make_client)
 
-    async def post(params: dict[str, str]) -> None:
-        signature = validator.compute_signature(PUBLIC + TWILIO_PATH, params)
-        headers = {"X-Twilio-Signature": signature}
-        assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
-
-    await post(twilio_params("completed", 0, CallDuration="45"))
+    parent = twilio_params("completed", 0, CallDuration="45")
+    assert (await twilio_post(client, parent)).status == 200
     await processed(client)
     child = {"CallSid": "CA_child", "ParentCallSid": "CA0123456789abcdef"}
-    await post(twilio_params("no-answer", 0, Direction="outbound-dial", **child))
+    params = twilio_params("no-answer", 0, Direction="outbound-dial", **child)
+    assert (await twilio_post(client, params)).status == 200
     with db.transaction() as session:
         received_at = session.scalars(
             select(InboundItem.received_at).where(InboundItem.source_ref.startswith("CA_child"))
@@ -199,19 +198,13 @@ async def test_a_call_is_not_told_before_the_events_that_arrived_in_time_are_app
 async def test_a_twilio_recording_heard_of_after_the_call_was_told_is_journaled(
     db: Database, make_client: ClientFactory
 ) -> None:
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
-    validator = RequestValidator(TWILIO_TOKEN)
+    client = await twilio_client(make_client)
     recording = "https://api.twilio.com/2010-04-01/Accounts/AC0123/Recordings/RE01"
     for params in [
         twilio_params("no-answer", 0),
         twilio_params("no-answer", 1, RecordingUrl=recording),
     ]:
-        signature = validator.compute_signature(PUBLIC + TWILIO_PATH, params)
-        headers = {"X-Twilio-Signature": signature}
-        assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
+        assert (await twilio_post(client, params)).status == 200
         await settled(client)
 
     call = the_call(db, "twilio")
@@ -229,19 +222,14 @@ async def test_calls_that_cannot_be_told_hold_up_no_events(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
+    client = await twilio_client(make_client)
 
     def cannot(*args: object) -> None:
         raise RuntimeError("no settled calls today")
 
     monkeypatch.setattr(calls.CallRecorder, "tell_settled", cannot)
     params = twilio_params("ringing", 0)
-    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
-    headers = {"X-Twilio-Signature": signature}
-    assert (await client.post(TWILIO_PATH, data=params, headers=headers)).status == 200
+    assert (await twilio_post(client, params)).status == 200
 
     await processed(client)
 
@@ -275,11 +263,7 @@ async def test_a_twilio_call_its_dial_rang_agents_for_is_answered_only_if_an_age
     # and its <Dial> rings an agent on a child call: the caller reached a person only if
     # the child call was answered. Twilio posts only "completed" unless asked for more,
     # and the two calls' callbacks may come in either order.
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
-    validator = RequestValidator(TWILIO_TOKEN)
+    client = await twilio_client(make_client)
     child = {
         "CallSid": "CA_child",
         "ParentCallSid": "CA0123456789abcdef",
@@ -295,11 +279,7 @@ async def test_a_twilio_call_its_dial_rang_agents_for_is_answered_only_if_an_age
         ),
     ]
     for params in reversed(callbacks) if parent_first else callbacks:
-        signature = validator.compute_signature(PUBLIC + TWILIO_PATH, params)
-        response = await client.post(
-            TWILIO_PATH, data=params, headers={"X-Twilio-Signature": signature}
-        )
-        assert response.status == 200
+        assert (await twilio_post(client, params)).status == 200
         # Each applied on its own.
         await processed(client)
     assert subjects(db) == []
@@ -325,16 +305,11 @@ async def test_a_twilio_callback_with_a_timestamp_that_is_no_time_is_applied_as_
 ) -> None:
     # The Timestamp only says when the event fired; refused, the event would be lost
     # (Twilio does not deliver a refused callback again).
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
+    client = await twilio_client(make_client)
     params = twilio_params("no-answer", 0, Timestamp="yesterday")
-    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
-    headers = {"X-Twilio-Signature": signature}
     before = dt.datetime.now(dt.UTC)
 
-    response = await client.post(TWILIO_PATH, data=params, headers=headers)
+    response = await twilio_post(client, params)
     await settled(client)
 
     assert response.status == 200
@@ -387,17 +362,12 @@ async def test_a_signed_event_with_a_nul_in_a_field_is_refused_naming_it_and_not
 ) -> None:
     # Authentic, but PostgreSQL's text cannot hold NUL: kept, it would fail in the worker
     # on every attempt; refused, the provider's log names the field.
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
-    validator = RequestValidator(TWILIO_TOKEN)
+    client = await twilio_client(make_client)
     for field, params in [
         ("from_number", twilio_params("ringing", 0, From="+7916\x001234567")),
         ("call_id", twilio_params("ringing", 0, CallSid="CA01\x0023")),
     ]:
-        headers = {"X-Twilio-Signature": validator.compute_signature(PUBLIC + TWILIO_PATH, params)}
-        response = await client.post(TWILIO_PATH, data=params, headers=headers)
+        response = await twilio_post(client, params)
         assert response.status == 422
         assert field in (await response.json())["error"]
     await processed(client)
@@ -418,15 +388,10 @@ async def test_a_signed_event_with_a_nul_in_a_field_is_refused_naming_it_and_not
 async def test_a_signed_twilio_callback_with_an_odd_number_is_422_not_a_server_error(
     db: Database, make_client: ClientFactory, fields: dict[str, str], reason: str
 ) -> None:
-    settings = settings_with(
-        {"twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN", "public_base_url": PUBLIC}}
-    )
-    client = await make_client(settings)
+    client = await twilio_client(make_client)
     params = {**twilio_params("ringing", 0), **fields, "CallDuration": "\u00b3"}
-    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + TWILIO_PATH, params)
 
-    headers = {"X-Twilio-Signature": signature}
-    response = await client.post(TWILIO_PATH, data=params, headers=headers)
+    response = await twilio_post(client, params)
 
     assert (response.status, await response.json()) == (422, {"error": reason})
     with db.transaction() as session:
@@ -710,19 +675,7 @@ async def test_no_secret_reaches_the_log(
     # Secrets come from the environment or credentials and are compared, never logged:
     # not the CTI token in its URL, not a signing key, not an operator's bearer token.
     caplog.set_level(logging.DEBUG)
-    client = await make_client(
-        settings_with(
-            {
-                "twilio": {"enabled": True, "auth_token_env": "TWILIO_TOKEN"},
-                "zadarma": {"enabled": True, "api_secret_env": "ZADARMA_SECRET"},
-                "mango": {
-                    "enabled": True,
-                    "api_key_env": "MANGO_KEY",
-                    "api_salt_env": "MANGO_SALT",
-                },
-            }
-        )
-    )
+    client = await make_client(settings_with(PROVIDERS))
     call = {"from": "+79161234567", "to": "+74951112233", "direction": "in", "callId": "s-1"}
     for event in ({"event": "newCall"}, {"event": "hangup", "cause": "noAnswer"}):
         assert (await client.post(f"/api/v1/cti/{CTI_TOKEN}", json={**call, **event})).status == 200
